@@ -1,0 +1,3 @@
+from mpipipe.cli import main
+
+raise SystemExit(main())

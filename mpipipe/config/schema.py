@@ -1,0 +1,118 @@
+"""Typed configuration: one dataclass per TOML section.
+
+Every key has a type, a default and a one-line help string (the `help`
+metadata), which `mpipipe config show` and the README's reference print.
+Cross-key constraints live in `mpipipe.config.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+def option(default, help: str, choices: tuple | None = None, minimum=None):  # noqa: A002
+    metadata = {"help": help, "choices": choices, "minimum": minimum}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+SCHEDULES = ("gpipe", "1f1b", "interleaved", "chimera", "bitpipe", "zb-h1", "zb-v")
+
+
+@dataclass
+class ModelConfig:
+    kind: str = option("gpt", "model family: causal GPT or masked-LM BERT", ("gpt", "bert"))
+    vocab_size: int = option(256, "vocabulary size (256 covers byte-level text)", minimum=2)
+    seq_len: int = option(64, "tokens per sequence", minimum=1)
+    n_layer: int = option(4, "transformer blocks", minimum=1)
+    n_head: int = option(4, "attention heads per block", minimum=1)
+    d_model: int = option(64, "hidden size; a multiple of n_head", minimum=1)
+    d_ff: int = option(0, "MLP hidden size; 0 means 4 * d_model", minimum=0)
+    tie_embeddings: bool = option(True, "share the token embedding with the LM head")
+    init_std: float = option(0.02, "standard deviation of the initial weights", minimum=0.0)
+
+
+@dataclass
+class DataConfig:
+    source: str = option(
+        "stdlib",
+        "stdlib: bytes of Python's standard library source; text: a file or folder; "
+        "npy / hdf5: token arrays; random: uniform random tokens",
+        ("stdlib", "text", "npy", "hdf5", "random"),
+    )
+    path: str = option("", "file or folder for text, npy and hdf5 sources")
+    dataset: str = option("tokens", "dataset name inside an HDF5 file")
+    microbatch_size: int = option(4, "sequences per micro-batch", minimum=1)
+    mask_prob: float = option(0.15, "BERT: fraction of tokens masked for the masked-LM loss")
+    min_fill: float = option(
+        0.5, "BERT: shortest real length of a sequence, as a fraction of seq_len; rest is padding"
+    )
+    holdout: float = option(0.0, "fraction of the token stream kept out of training for evaluation")
+
+
+@dataclass
+class OptimConfig:
+    name: str = option("adamw", "optimizer", ("adamw", "sgd"))
+    lr: float = option(3e-3, "peak learning rate", minimum=0.0)
+    beta1: float = option(0.9, "AdamW first-moment decay")
+    beta2: float = option(0.95, "AdamW second-moment decay")
+    eps: float = option(1e-8, "AdamW denominator epsilon")
+    weight_decay: float = option(0.01, "decoupled weight decay (AdamW) or L2 (SGD)", minimum=0.0)
+    momentum: float = option(0.9, "SGD momentum")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 disables", minimum=0.0)
+    warmup_steps: int = option(10, "linear warm-up steps", minimum=0)
+    decay: str = option("cosine", "learning-rate decay after warm-up", ("cosine", "constant"))
+    min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio", minimum=0.0)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = option(100, "optimizer steps to run", minimum=1)
+    seed: int = option(1234, "seed for initialisation and data order")
+    log_every: int = option(10, "steps between log lines when output is not a terminal", minimum=1)
+    on_nan: str = option("stop", "non-finite loss or gradient: stop the run or skip the step",
+                         ("stop", "skip"))
+
+
+@dataclass
+class ParallelConfig:
+    pipeline: int = option(1, "pipeline ranks D", minimum=1)
+    data_parallel: int = option(1, "data-parallel replicas", minimum=1)
+    schedule: str = option("1f1b", "pipeline schedule", SCHEDULES)
+    microbatches: int = option(4, "micro-batches N per step and replica", minimum=1)
+    chunks: int = option(2, "interleaved: model chunks per rank", minimum=1)
+    partition: str = option("uniform", "layers to stages: equal blocks, or balanced by cost",
+                            ("uniform", "balanced"))
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = option("auto", "auto picks the GPU when CuPy sees one", ("auto", "cpu", "gpu"))
+    dtype: str = option("float32", "floating-point type", ("float32", "float64"))
+    cuda_aware: str = option("auto", "pass GPU buffers to MPI directly", ("auto", "yes", "no"))
+    timeout_s: float = option(300.0, "watchdog: abort when one wait exceeds this", minimum=0.0)
+    trace: bool = option(True, "write trace.json (Chrome/Perfetto) of every op")
+    recv_window: int = option(8, "receives posted ahead of the op that needs them", minimum=1)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = option(0, "save every this many steps; 0 saves only at the end and on SIGTERM",
+                        minimum=0)
+    keep: int = option(3, "checkpoints kept; older ones are deleted", minimum=1)
+    dir: str = option("checkpoints", "folder for checkpoints, relative to the run folder")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+SECTIONS = {f.name: f.type for f in fields(Config)}

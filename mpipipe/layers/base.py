@@ -1,0 +1,86 @@
+"""The contract every hand-written layer follows (llm.c style).
+
+A layer is a stateless description of computation plus the shapes of its
+parameters; the arrays live outside it, in dicts the caller passes in:
+
+    y, cache = layer.forward(params, x, ctx)             # cache: what backward needs
+    dx = layer.backward(params, grads, dy, cache)         # grads[name] += ...
+    dx, wcache = layer.backward_input(params, dy, cache)  # zero-bubble split: the I half
+    layer.backward_weight(grads, wcache)                  # and the W half (grads += ...)
+
+`backward` equals `backward_input` followed by `backward_weight`, exactly.
+Gradients are accumulated with `+=` into buffers the caller allocated once.
+`ctx` is the micro-batch context (`MicroBatch`): targets, padding mask and
+the loss normaliser, which some layers need and most ignore.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class MicroBatch:
+    """What a stage needs to know about the micro-batch it runs on.
+
+    tokens:        (B, T) int64 token ids (the first stage's input)
+    targets:       (B, T) int64 target ids, `ignore_index` where no loss is taken
+    attention_mask:(B, T) bool, True for real tokens, False for padding; None for no padding
+    loss_normalizer: number of counted target tokens in the whole global batch, so
+                   that summing micro-batch losses gives the global mean
+    """
+
+    tokens: object
+    targets: object
+    attention_mask: object | None
+    loss_normalizer: float
+
+
+@dataclass
+class LayerCost:
+    """Per-micro-batch cost estimates the balanced partitioner uses."""
+
+    forward_flops: float
+    backward_flops: float
+    param_bytes: int
+    activation_bytes: int
+
+
+class Layer:
+    """Base class: override the methods the layer needs."""
+
+    # Whether the uniform partitioner counts this layer when it splits the
+    # model evenly (transformer blocks); embedding, final norm, head and loss
+    # are not body layers and stay with the first or last stage.
+    is_body: bool = True
+
+    # Parameters this layer shares with an earlier layer (weight tying):
+    # {local name: (global layer index, name there)}.
+    tied: dict[str, tuple[int, str]] = {}
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Initial values (float64, host) of the parameters this layer owns (not tied ones)."""
+        return {}
+
+    def forward(self, params: dict, x, ctx: MicroBatch):
+        raise NotImplementedError
+
+    def backward_input(self, params: dict, dy, cache):
+        """Return (dx, wcache): the input gradient, and what backward_weight needs."""
+        raise NotImplementedError
+
+    def backward_weight(self, grads: dict, wcache) -> None:
+        """Accumulate parameter gradients into `grads` (+=). No-op for layers without params."""
+
+    def backward(self, params: dict, grads: dict, dy, cache):
+        dx, wcache = self.backward_input(params, dy, cache)
+        self.backward_weight(grads, wcache)
+        return dx
+
+    def cost(self, microbatch_size: int, seq_len: int, itemsize: int) -> LayerCost:
+        return LayerCost(0.0, 0.0, 0, 0)

@@ -1,0 +1,65 @@
+"""A schedule: for every pipeline rank, the ordered ops it runs in one step.
+
+A schedule is plain data. Generators (one per file in this package) build
+it from (kind, ranks, microbatches, options) without touching MPI or
+arrays, so it can be validated, simulated and drawn anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mpipipe.schedules.ops import Op, OpType
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which pipeline rank holds each (pipe, stage) chunk."""
+
+    ranks: int
+    stages: int
+    pipes: int
+    rank_of_chunk: dict[tuple[int, int], int]
+
+    def rank(self, pipe: int, stage: int) -> int:
+        return self.rank_of_chunk[(pipe, stage)]
+
+    def chunks_on(self, rank: int) -> list[tuple[int, int]]:
+        """The (pipe, stage) chunks held by `rank`, in (pipe, stage) order."""
+        return sorted(chunk for chunk, owner in self.rank_of_chunk.items() if owner == rank)
+
+    def holders(self, stage: int) -> list[int]:
+        """Every pipeline rank that holds a copy of `stage` (one per pipe)."""
+        return sorted({self.rank_of_chunk[(pipe, stage)] for pipe in range(self.pipes)})
+
+
+@dataclass
+class Schedule:
+    kind: str
+    ranks: int  # D, pipeline ranks
+    microbatches: int  # N, micro-batches per step (per data-parallel replica)
+    placement: Placement
+    ops: list[list[Op]]  # ops[rank] in execution order
+    options: dict = field(default_factory=dict)  # e.g. {"chunks": 2} for interleaved
+
+    @property
+    def stages(self) -> int:
+        return self.placement.stages
+
+    @property
+    def pipes(self) -> int:
+        return self.placement.pipes
+
+    @property
+    def split_backward(self) -> bool:
+        """True when backwards are split into I and W ops (zero-bubble schedules)."""
+        return any(op.type is OpType.BACKWARD_INPUT for rank_ops in self.ops for op in rank_ops)
+
+    def pipe_of_microbatch(self) -> dict[int, int]:
+        """Which pipe carries each micro-batch (read from its first-stage forward)."""
+        return {
+            op.microbatch: op.pipe
+            for rank_ops in self.ops
+            for op in rank_ops
+            if op.type is OpType.FORWARD and op.stage == 0
+        }
