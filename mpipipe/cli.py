@@ -14,9 +14,6 @@ SUBCOMMANDS = {
     "train": "train",
     "schedule": "schedule",
     "config": "config",
-    "ckpt": "ckpt",
-    "plot": "plot",
-    "bench": "bench",
 }
 
 

@@ -7,10 +7,17 @@ pipeline ranks, got 3 (use 2, 4, 6, ...)".
 """
 
 
+# Exit codes every rank of a run ends with.
+EXIT_ERROR = 1  # an exception on some rank; the job was aborted
+EXIT_USAGE = 2  # bad input (config, command line, data, checkpoint)
+EXIT_HANG = 3  # the watchdog found no progress for runtime.timeout_s
+EXIT_PREEMPTED = 75  # SIGTERM: checkpoint saved; resume with --resume latest (EX_TEMPFAIL)
+
+
 class UsageError(Exception):
     """Bad input from the user: config, command line, data or checkpoint."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 def did_you_mean(word: str, choices) -> str:

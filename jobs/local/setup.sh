@@ -55,7 +55,7 @@ install_parallel_h5py() {
 
 install_mpipipe() {
     log "installing mpipipe (editable) with test and plot extras"
-    "$venv/bin/python" -m pip install -q -e "$repo_root[test,plot]"
+    "$venv/bin/python" -m pip install -q -e "${repo_root}[test,plot,progress]"
 }
 
 install_system_packages

@@ -7,17 +7,21 @@ Cross-key constraints live in `mpipipe.config.validate`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 
-def option(default, help: str, choices: tuple | None = None, minimum=None):  # noqa: A002
-    metadata = {"help": help, "choices": choices, "minimum": minimum}
+def option(
+    default, help: str, choices: tuple | None = None, minimum=None, maximum=None  # noqa: A002
+):
+    """A config key: default, one-line help, and the allowed values (bounds are inclusive)."""
+    metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "chimera", "bitpipe", "zb-h1", "zb-v")
+DATA_SOURCES = ("stdlib", "text", "npy", "hdf5", "random")
 
 
 @dataclass
@@ -39,16 +43,19 @@ class DataConfig:
         "stdlib",
         "stdlib: bytes of Python's standard library source; text: a file or folder; "
         "npy / hdf5: token arrays; random: uniform random tokens",
-        ("stdlib", "text", "npy", "hdf5", "random"),
+        DATA_SOURCES,
     )
     path: str = option("", "file or folder for text, npy and hdf5 sources")
     dataset: str = option("tokens", "dataset name inside an HDF5 file")
     microbatch_size: int = option(4, "sequences per micro-batch", minimum=1)
-    mask_prob: float = option(0.15, "BERT: fraction of tokens masked for the masked-LM loss")
-    min_fill: float = option(
-        0.5, "BERT: shortest real length of a sequence, as a fraction of seq_len; rest is padding"
+    mask_prob: float = option(
+        0.15, "BERT: fraction of real tokens masked for the masked-LM loss (at least one)",
+        minimum=0.0, maximum=1.0,
     )
-    holdout: float = option(0.0, "fraction of the token stream kept out of training for evaluation")
+    min_fill: float = option(
+        0.5, "BERT: shortest real length of a sequence, as a fraction of seq_len; rest is padding",
+        minimum=0.0, maximum=1.0,
+    )
 
 
 @dataclass
@@ -69,7 +76,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = option(100, "optimizer steps to run", minimum=1)
-    seed: int = option(1234, "seed for initialisation and data order")
+    seed: int = option(1234, "seed for initialisation and data order", minimum=0)
     log_every: int = option(10, "steps between log lines when output is not a terminal", minimum=1)
     on_nan: str = option("stop", "non-finite loss or gradient: stop the run or skip the step",
                          ("stop", "skip"))
@@ -77,7 +84,9 @@ class TrainConfig:
 
 @dataclass
 class ParallelConfig:
-    pipeline: int = option(1, "pipeline ranks D", minimum=1)
+    pipeline: int = option(
+        0, "pipeline ranks D; 0: every MPI rank not used for data parallelism", minimum=0
+    )
     data_parallel: int = option(1, "data-parallel replicas", minimum=1)
     schedule: str = option("1f1b", "pipeline schedule", SCHEDULES)
     microbatches: int = option(4, "micro-batches N per step and replica", minimum=1)
@@ -93,6 +102,7 @@ class RuntimeConfig:
     cuda_aware: str = option("auto", "pass GPU buffers to MPI directly", ("auto", "yes", "no"))
     timeout_s: float = option(300.0, "watchdog: abort when one wait exceeds this", minimum=0.0)
     trace: bool = option(True, "write trace.json (Chrome/Perfetto) of every op")
+    trace_steps: int = option(3, "steps recorded in trace.json, from the first", minimum=1)
     recv_window: int = option(8, "receives posted ahead of the op that needs them", minimum=1)
 
 
@@ -115,4 +125,14 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
-SECTIONS = {f.name: f.type for f in fields(Config)}
+# Section name -> its dataclass, spelled out: under `from __future__ import annotations`
+# a field's type is only a string.
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "parallel": ParallelConfig,
+    "runtime": RuntimeConfig,
+    "checkpoint": CheckpointConfig,
+}

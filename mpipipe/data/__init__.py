@@ -1,1 +1,76 @@
-"""mpipipe.data"""
+"""Training data: token sources and the Batcher that cuts them into micro-batches.
+
+`build_batcher(config)` opens the source `data.source` names, checks it
+against the model (length, vocabulary) and returns a `Batcher`; every rank
+builds the same one and asks it for its own replica's micro-batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpipipe.config.schema import DATA_SOURCES, Config
+from mpipipe.data.arrays import hdf5_tokens, npy_tokens, token_vocab_size
+from mpipipe.data.batches import SPECIAL_TOKENS, Batcher
+from mpipipe.data.corpus import BYTE_VOCAB_SIZE, stdlib_corpus, text_corpus
+from mpipipe.data.random_tokens import random_tokens
+from mpipipe.errors import UsageError
+
+# Length of the random-token stream when it does not have to be longer for one window.
+RANDOM_TOKENS_COUNT = 1 << 20
+
+__all__ = ["Batcher", "build_batcher"]
+
+
+def build_batcher(config: Config) -> Batcher:
+    """The Batcher for `config`'s data source, model kind, sequence length and layout."""
+    model, data = config.model, config.data
+    tokens, vocab_size, where = _open_source(config)
+    _check_fits(tokens, where, config, vocab_size)
+    return Batcher(
+        tokens, kind=model.kind, seq_len=model.seq_len, microbatch_size=data.microbatch_size,
+        microbatches=config.parallel.microbatches, replicas=config.parallel.data_parallel,
+        seed=config.train.seed, vocab_size=vocab_size, mask_prob=data.mask_prob,
+        min_fill=data.min_fill,
+    )
+
+
+def _open_source(config: Config) -> tuple[np.ndarray, int, str]:
+    """The tokens, their vocabulary size and how to name them in an error."""
+    data = config.data
+    if data.source == "stdlib":
+        return stdlib_corpus(), BYTE_VOCAB_SIZE, "data.source 'stdlib'"
+    if data.source == "text":
+        return text_corpus(data.path), BYTE_VOCAB_SIZE, f"data.path {data.path!r}"
+    if data.source == "random":
+        special = SPECIAL_TOKENS if config.model.kind == "bert" else 0
+        vocab_size = max(1, config.model.vocab_size - special)
+        count = max(RANDOM_TOKENS_COUNT, config.model.seq_len + 1)
+        tokens = random_tokens(vocab_size, count, config.train.seed)
+        return tokens, vocab_size, "data.source 'random'"
+    if data.source == "npy":
+        tokens, where = npy_tokens(data.path), f"data.path {data.path!r}"
+    elif data.source == "hdf5":
+        tokens = hdf5_tokens(data.path, data.dataset)
+        where = f"data.dataset {data.dataset!r} of data.path {data.path!r}"
+    else:
+        raise UsageError(f"data.source = {data.source!r} is not one of {', '.join(DATA_SOURCES)}")
+    return tokens, token_vocab_size(tokens, where), where
+
+
+def _check_fits(tokens: np.ndarray, where: str, config: Config, vocab_size: int) -> None:
+    """The corpus holds one window and its token ids (plus BERT's PAD and MASK) fit the model."""
+    model = config.model
+    window, formula = ((model.seq_len + 1, "model.seq_len + 1") if model.kind == "gpt"
+                       else (model.seq_len, "model.seq_len"))
+    if len(tokens) < window:
+        raise UsageError(f"{where} has {len(tokens)} tokens, fewer than {formula} = {window}: use "
+                         "a longer corpus or a smaller model.seq_len")
+    special = SPECIAL_TOKENS if model.kind == "bert" else 0
+    if vocab_size + special > model.vocab_size:
+        bert = f" + {special} for BERT's PAD and MASK" if special else ""
+        raise UsageError(
+            f"{where} uses token ids 0..{vocab_size - 1} ({vocab_size} ids{bert}) but "
+            f"model.vocab_size = {model.vocab_size}: set model.vocab_size = "
+            f"{vocab_size + special} or more"
+        )

@@ -82,5 +82,9 @@ class Layer:
         self.backward_weight(grads, wcache)
         return dx
 
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of forward's output for an input of `input_shape` (sizes receive buffers)."""
+        return input_shape
+
     def cost(self, microbatch_size: int, seq_len: int, itemsize: int) -> LayerCost:
         return LayerCost(0.0, 0.0, 0, 0)

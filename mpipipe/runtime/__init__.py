@@ -1,1 +1,1 @@
-"""mpipipe.runtime"""
+"""What runs under MPI: process grid, parameter store, communication, watchdog, trace."""

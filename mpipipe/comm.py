@@ -1,0 +1,143 @@
+"""Point-to-point and gradient-sync communication for the engine.
+
+Receives are posted ahead into buffers from a pool that is allocated once
+and reused; sends are non-blocking and keep their array alive until MPI is
+done with it. On a GPU, device buffers go to MPI directly when the library
+is CUDA-aware; otherwise every transfer is staged through pinned host
+memory. Either way the CuPy stream is synchronised before MPI touches a
+buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mpi4py import MPI
+
+from mpipipe.backend import Backend
+from mpipipe.runtime.watchdog import Watchdog, WaitInfo
+
+
+class BufferPool:
+    """Arrays of one dtype by shape: taken for a message, given back when its data is dead."""
+
+    def __init__(self, allocate):
+        self.allocate = allocate
+        self.free: dict[tuple[int, ...], list] = {}
+        self.allocated = 0
+
+    def take(self, shape: tuple[int, ...]):
+        free = self.free.get(shape)
+        if free:
+            return free.pop()
+        self.allocated += 1
+        return self.allocate(shape)
+
+    def give_back(self, array) -> None:
+        self.free.setdefault(tuple(array.shape), []).append(array)
+
+
+@dataclass
+class PendingReceive:
+    request: object
+    buffer: object  # device (or host on CPU) array the data ends up in
+    staging: object | None  # pinned host buffer the data arrives in when staged
+    info: WaitInfo
+
+
+@dataclass
+class PendingSync:
+    request: object
+    grad: object
+    staging: object | None
+    info: WaitInfo
+
+
+class Messenger:
+    def __init__(self, comm, backend: Backend, cuda_aware: bool, watchdog: Watchdog):
+        self.comm = comm
+        self.backend = backend
+        self.staged = backend.is_gpu and not cuda_aware
+        self.watchdog = watchdog
+        xp, dtype = backend.xp, backend.dtype
+        self.device_pool = BufferPool(lambda shape: xp.empty(shape, dtype=dtype))
+        self.host_pool = BufferPool(self._pinned_empty) if self.staged else None
+        self.sends: list[tuple[object, object, object | None]] = []  # (request, array, staging)
+
+    def _pinned_empty(self, shape):
+        import numpy as np
+
+        cupy = self.backend.xp
+        itemsize = np.dtype(self.backend.dtype).itemsize
+        size = int(np.prod(shape)) if shape else 1
+        memory = cupy.cuda.alloc_pinned_memory(size * itemsize)
+        return np.frombuffer(memory, dtype=self.backend.dtype, count=size).reshape(shape)
+
+    def post_receive(self, shape, peer: int, tag: int, info: WaitInfo) -> PendingReceive:
+        buffer = self.device_pool.take(shape)
+        if self.staged:
+            staging = self.host_pool.take(shape)
+            request = self.comm.Irecv(staging, source=peer, tag=tag)
+        else:
+            staging = None
+            request = self.comm.Irecv(buffer, source=peer, tag=tag)
+        return PendingReceive(request, buffer, staging, info)
+
+    def finish_receive(self, pending: PendingReceive):
+        """Wait for a posted receive; return the array holding the data."""
+        self.watchdog.wait(pending.request, pending.info)
+        if pending.staging is not None:
+            pending.buffer.set(pending.staging)
+            self.host_pool.give_back(pending.staging)
+        return pending.buffer
+
+    def send(self, array, peer: int, tag: int) -> None:
+        array = self.backend.xp.ascontiguousarray(array)
+        self.backend.synchronize()
+        if self.staged:
+            staging = self.host_pool.take(tuple(array.shape))
+            array.get(out=staging)
+            request = self.comm.Isend(staging, dest=peer, tag=tag)
+        else:
+            staging = None
+            request = self.comm.Isend(array, dest=peer, tag=tag)
+        # Keep `array` referenced until MPI has read it.
+        self.sends.append((request, array, staging))
+
+    def progress(self) -> None:
+        """Let MPI move data and drop the sends it has finished."""
+        if not self.sends:
+            return
+        still_pending = []
+        for request, array, staging in self.sends:
+            if request.Test():
+                if staging is not None:
+                    self.host_pool.give_back(staging)
+            else:
+                still_pending.append((request, array, staging))
+        self.sends = still_pending
+
+    def finish_sends(self, op_label: str) -> None:
+        for request, array, staging in self.sends:
+            info = WaitInfo("send completion", op_label, None, None, array.nbytes)
+            self.watchdog.wait(request, info)
+            if staging is not None:
+                self.host_pool.give_back(staging)
+        self.sends = []
+
+    def start_gradient_sync(self, comm, grad, label: str) -> PendingSync:
+        """Start summing `grad` in place over `comm` (non-blocking)."""
+        self.backend.synchronize()
+        info = WaitInfo("gradient allreduce", label, None, None, grad.nbytes)
+        if self.staged:
+            staging = self.backend.to_host(grad)
+            request = comm.Iallreduce(MPI.IN_PLACE, staging, op=MPI.SUM)
+        else:
+            staging = None
+            request = comm.Iallreduce(MPI.IN_PLACE, grad, op=MPI.SUM)
+        return PendingSync(request, grad, staging, info)
+
+    def finish_gradient_sync(self, pending: PendingSync) -> None:
+        self.watchdog.wait(pending.request, pending.info)
+        if pending.staging is not None:
+            pending.grad.set(pending.staging)

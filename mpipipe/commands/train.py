@@ -1,0 +1,133 @@
+"""`mpipipe train CONFIG`: train under MPI (mpirun/srun decide the number of ranks)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from mpipipe.errors import EXIT_USAGE, UsageError
+
+# Launchers' variables for this process's world rank, read before MPI starts.
+WORLD_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
+
+
+def launcher_rank() -> int:
+    for name in WORLD_RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model (run it under mpirun/mpiexec/srun for several ranks)",
+        description="Train a model with pipeline (and data) parallelism. The number of MPI "
+        "ranks must equal parallel.pipeline x parallel.data_parallel; parallel.pipeline = 0 "
+        "(the default) uses every rank not taken by data parallelism.",
+    )
+    parser.add_argument("config", help="TOML config file (see examples/)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key, e.g. --set parallel.schedule=bitpipe (repeatable)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="run folder for metrics.jsonl, trace.json and checkpoints "
+        "(default: runs/<config file name>)"
+    )
+    parser.set_defaults(func=run)
+
+
+def default_out_dir(config_path: str) -> str:
+    return os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
+
+
+def prepare_out_dir(path: str) -> None:
+    """Create the run folder and prove it is writable (rank 0 only)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".mpipipe-write-test")
+        with open(probe, "w") as handle:
+            handle.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise UsageError(
+            f"--out: cannot write to run folder {path!r} ({error.strerror}); choose a writable "
+            "folder with --out DIR"
+        ) from error
+
+
+def run(args) -> int:
+    from mpipipe.backend import select_backend
+    from mpipipe.config.load import load_config
+
+    # Read the config and bind the GPU before MPI starts; every rank does the same.
+    try:
+        config = load_config(args.config, args.set)
+        backend = select_backend(config.runtime.device, config.runtime.dtype)
+    except UsageError as error:
+        if launcher_rank() == 0:
+            print(f"mpipipe: error: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+    from mpi4py import MPI
+
+    from mpipipe.plan import plan_run
+    from mpipipe.progress import Progress
+    from mpipipe.runtime.cuda_aware import resolve_cuda_aware
+    from mpipipe.runtime.failure import (
+        CollectiveStop,
+        SetupFailed,
+        abort_on_exception,
+        agree_on_setup,
+    )
+    from mpipipe.trainer import Trainer
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    out_dir = args.out or default_out_dir(args.config)
+
+    def setup():
+        plan = plan_run(config, comm.Get_size(), rank)
+        if rank == 0:
+            prepare_out_dir(out_dir)
+        return plan
+
+    with abort_on_exception(comm):
+        try:
+            plan = agree_on_setup(comm, setup)
+        except SetupFailed:
+            return EXIT_USAGE
+        cuda_aware = resolve_cuda_aware(
+            config.runtime.cuda_aware, backend.is_gpu, MPI.Get_library_version()
+        )
+        trainer = Trainer(plan, comm=comm, backend=backend, out_dir=out_dir, cuda_aware=cuda_aware)
+        trainer.watchdog.install_signal_handler()
+        progress = Progress(config.train.steps, trainer.step, config.train.log_every, rank == 0)
+        progress.message(_banner(plan, backend, comm.Get_size(), out_dir))
+        try:
+            trainer.run(progress=progress)
+        except CollectiveStop as stop:
+            progress.close()
+            if rank == 0:
+                print(f"mpipipe: error: {stop}", file=sys.stderr, flush=True)
+            return stop.exit_code
+        progress.close()
+        trainer.finish()
+        progress.message(f"done: metrics in {os.path.join(out_dir, 'metrics.jsonl')}")
+    return 0
+
+
+def _banner(plan, backend, world_size: int, out_dir: str) -> str:
+    parallel = plan.config.parallel
+    return (
+        f"mpipipe: {plan.model.kind} with {len(plan.model.layers)} layers, "
+        f"schedule {parallel.schedule} on {parallel.pipeline} pipeline x "
+        f"{parallel.data_parallel} data-parallel ranks ({world_size} MPI ranks), "
+        f"{parallel.microbatches} micro-batches of {plan.config.data.microbatch_size}, "
+        f"{backend.device} {backend.dtype.__name__}, run folder {out_dir}"
+    )

@@ -1,0 +1,201 @@
+"""Read a TOML config file and `--set section.key=value` overrides into a Config.
+
+Every key is checked as it is applied: the section and key exist, the value
+has the key's type (an int is accepted for a float; bools are not ints;
+strings are not numbers), it is one of the key's choices and within its
+bounds. A problem raises `UsageError` with one line naming where it came from
+(the file or the --set argument), the key, the value and what would be right.
+Cross-key constraints are `mpipipe.config.validate`'s job.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import typing
+from collections.abc import Iterable
+from dataclasses import fields
+
+from mpipipe.config.schema import SECTIONS, Config
+from mpipipe.config.show import toml_value
+from mpipipe.errors import UsageError, did_you_mean
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number",
+              str: "a string"}
+
+OVERRIDE_FORM = "use --set section.key=value, e.g. --set parallel.schedule=bitpipe"
+
+_TOML_POSITION = re.compile(r"^(?P<what>.*?) \(at line (?P<line>\d+), column (?P<column>\d+)\)$")
+
+
+def load_config(path: str | None, overrides: Iterable[str] = ()) -> Config:
+    """Defaults, then the file at `path` (None: no file), then each override in order."""
+    config = Config()
+    if path is not None:
+        for section, table in _read_toml(path).items():
+            _apply_section(config, section, table, origin=f"config file {path!r}")
+    for override in overrides:
+        section, key, value = parse_override(override)
+        _apply_value(config, section, key, value, origin=f"--set {override}")
+    return config
+
+
+def parse_override(override: str) -> tuple[str, str, object]:
+    """'section.key=value' -> (section, key, value); value as TOML if it parses, else a string."""
+    name, equals, text = override.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not equals or not dot or not section or not key or "." in key:
+        raise UsageError(f"--set {override!r} is not of the form section.key=value: "
+                         f"{OVERRIDE_FORM}")
+    text = text.strip()
+    try:
+        value = tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return section, key, value
+
+
+def _read_toml(path: str) -> dict:
+    if not os.path.exists(path):
+        raise UsageError(f"config file {path!r} does not exist (give the path of a TOML file)")
+    if os.path.isdir(path):
+        raise UsageError(f"config file {path!r} is a folder; give the path of a TOML file")
+    try:
+        with open(path, "rb") as file:
+            text = file.read().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"config file {path!r} is not UTF-8 text (byte {error.start}); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise UsageError(f"config file {path!r} cannot be read: {error.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"config file {path!r}: {_describe_syntax_error(error)}") from None
+
+
+def _describe_syntax_error(error: Exception) -> str:
+    message = str(error)
+    match = _TOML_POSITION.match(message)
+    if match is None:
+        return f"TOML syntax error: {message}"
+    return (f"line {match['line']}, column {match['column']}: TOML syntax error: "
+            f"{match['what']}")
+
+
+def _apply_section(config: Config, section: str, table, origin: str) -> None:
+    if section not in SECTIONS and not isinstance(table, dict):
+        home = _section_of_key(section)
+        where = f"put it under [{home}]" if home else f"keys go under [{'], ['.join(SECTIONS)}]"
+        raise UsageError(f"{origin}: {section} = {_show(table)} is outside any section; {where}")
+    if section not in SECTIONS:
+        raise UsageError(f"{origin}: unknown section [{section}]{did_you_mean(section, SECTIONS)}; "
+                         f"sections are {', '.join(SECTIONS)}")
+    if not isinstance(table, dict):
+        raise UsageError(f"{origin}: {section} = {_show(table)} must be a section: write "
+                         f"[{section}] on its own line and its keys below it")
+    for key, value in table.items():
+        _apply_value(config, section, key, value, origin)
+
+
+def _apply_value(config: Config, section: str, key: str, value, origin: str) -> None:
+    if section not in SECTIONS:
+        raise UsageError(f"{origin}: unknown section {section!r}"
+                         f"{did_you_mean(section, SECTIONS)}; sections are {', '.join(SECTIONS)}")
+    section_class = SECTIONS[section]
+    key_fields = {key_field.name: key_field for key_field in fields(section_class)}
+    if key not in key_fields:
+        raise UsageError(f"{origin}: {_unknown_key(section, key, key_fields)}")
+    expected = typing.get_type_hints(section_class)[key]
+    problem = _check_value(f"{section}.{key}", value, expected, key_fields[key].metadata)
+    if problem:
+        raise UsageError(f"{origin}: {problem}")
+    setattr(getattr(config, section), key, float(value) if expected is float else value)
+
+
+def _unknown_key(section: str, key: str, key_fields: dict) -> str:
+    home = _section_of_key(key)
+    if home is not None:
+        return f"{section}.{key} is not a key of [{section}]; {key} belongs in [{home}]"
+    return (f"unknown key {section}.{key}{did_you_mean(key, key_fields)}; "
+            f"keys of [{section}] are {', '.join(key_fields)}")
+
+
+def _section_of_key(key: str) -> str | None:
+    for section, section_class in SECTIONS.items():
+        if key in {key_field.name for key_field in fields(section_class)}:
+            return section
+    return None
+
+
+def _check_value(name: str, value, expected: type, metadata) -> str | None:
+    """Why `value` is not acceptable for key `name`, or None when it is."""
+    if not _has_type(value, expected):
+        hint = ""
+        key = name.split(".")[1]
+        if isinstance(value, str) and expected in (int, float) and _looks_numeric(value):
+            hint = f" (write {key} = {value.strip()} without quotes)"
+        elif expected is int and isinstance(value, float) and value.is_integer():
+            hint = f" (write {key} = {int(value)})"
+        return (f"{name} = {_show(value)} is {_describe_type(value)}, expected "
+                f"{TYPE_NAMES[expected]}{hint}")
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} = {_show(value)} is not a finite number; give a finite value"
+    choices = metadata.get("choices")
+    if choices and value not in choices:
+        return (f"{name} = {_show(value)} is not one of {', '.join(choices)}"
+                f"{did_you_mean(str(value), choices)}")
+    minimum = metadata.get("minimum")
+    if minimum is not None and value < minimum:
+        return f"{name} = {_show(value)} is below the minimum {minimum} (use {minimum} or more)"
+    maximum = metadata.get("maximum")
+    if maximum is not None and value > maximum:
+        return f"{name} = {_show(value)} is above the maximum {maximum} (use {maximum} or less)"
+    return None
+
+
+def _has_type(value, expected: type) -> bool:
+    if expected is bool or isinstance(value, bool):
+        return type(value) is expected
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected)
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe_type(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _show(value) -> str:
+    """The value as the user would write it in TOML (best effort for tables and arrays)."""
+    try:
+        return toml_value(value)
+    except TypeError:
+        return repr(value)

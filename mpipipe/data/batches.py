@@ -1,0 +1,145 @@
+"""Micro-batches drawn by global position, so every parallel layout sees the same data.
+
+Step `step` of a job with R replicas and N micro-batches per replica uses the
+global micro-batches g = step * R * N ... (step + 1) * R * N - 1; replica r's
+micro-batch i is g = (step * R + r) * N + i, and it holds the samples
+g * B ... g * B + B - 1 (B = microbatch_size). A sample is a pure function of
+(seed, sample id): its window offset (and, for BERT, its length and masking)
+come from its own generator, np.random.default_rng([seed, DATA_STREAM,
+sample id]). So 2 replicas x 2 micro-batches and 1 replica x 4 micro-batches
+train on the same global batch, and resuming at a step needs only the step.
+
+GPT: a window of seq_len + 1 tokens; inputs w[:-1], targets w[1:].
+BERT (masked LM): a window of seq_len tokens of which the first `length` are
+real (length drawn from [ceil(min_fill * seq_len), seq_len]) and the rest
+PAD; round(mask_prob * length) real positions (at least one) are chosen and
+become targets, their inputs replaced by MASK (80%), a random token (10%) or
+left unchanged (10%). PAD = vocab_size and MASK = vocab_size + 1, so the
+model needs vocab_size + SPECIAL_TOKENS ids.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mpipipe.layers.base import MicroBatch
+from mpipipe.layers.cross_entropy import IGNORE_INDEX
+
+SPECIAL_TOKENS = 2  # BERT's PAD and MASK, appended after the data vocabulary
+KINDS = ("gpt", "bert")
+
+# Distinguishes the data order from the other users of the run's seed.
+DATA_STREAM = 0xDA7A
+
+MASK_SHARE = 0.8  # chosen positions whose input becomes MASK
+RANDOM_SHARE = 0.1  # ... a random token; the rest keep their token
+
+
+class Batcher:
+    """Deterministic GPT or BERT micro-batches over a 1-D token array."""
+
+    def __init__(self, tokens: np.ndarray, *, kind: str, seq_len: int, microbatch_size: int,
+                 microbatches: int, replicas: int, seed: int, vocab_size: int,
+                 mask_prob: float = 0.15, min_fill: float = 0.5):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.tokens = tokens
+        self.kind = kind
+        self.seq_len = seq_len
+        self.microbatch_size = microbatch_size
+        self.microbatches = microbatches
+        self.replicas = replicas
+        self.seed = seed
+        self.vocab_size = vocab_size
+        self.mask_prob = mask_prob
+        self.shortest = max(1, math.ceil(round(min_fill * seq_len, 9)))
+        self.window = seq_len + 1 if kind == "gpt" else seq_len
+        if len(tokens) < self.window:
+            raise ValueError(f"{len(tokens)} tokens are fewer than one window of {self.window}")
+        self._normalizer: tuple[int, float] | None = None  # (step, value) of the last step asked
+
+    @property
+    def pad_token(self) -> int:
+        return self.vocab_size
+
+    @property
+    def mask_token(self) -> int:
+        return self.vocab_size + 1
+
+    @property
+    def model_vocab_size(self) -> int:
+        """Smallest model vocabulary that holds every input and target id."""
+        return self.vocab_size + (SPECIAL_TOKENS if self.kind == "bert" else 0)
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.replicas * self.microbatches * self.microbatch_size
+
+    def microbatch(self, step: int, replica: int, index: int) -> MicroBatch:
+        """Micro-batch `index` of replica `replica` at `step`: (microbatch_size, seq_len) arrays."""
+        if not (0 <= replica < self.replicas and 0 <= index < self.microbatches and step >= 0):
+            raise ValueError(f"no micro-batch (step={step}, replica={replica}, index={index}) with "
+                             f"{self.replicas} replicas x {self.microbatches} micro-batches")
+        position = (step * self.replicas + replica) * self.microbatches + index
+        first = position * self.microbatch_size
+        return self._assemble(range(first, first + self.microbatch_size), step)
+
+    def global_batch(self, step: int) -> MicroBatch:
+        """All replicas' micro-batches of `step`, concatenated in (replica, index) order."""
+        first = step * self.samples_per_step
+        return self._assemble(range(first, first + self.samples_per_step), step)
+
+    def loss_normalizer(self, step: int) -> float:
+        """Number of counted targets in the global batch of `step`."""
+        if self.kind == "gpt":
+            return float(self.samples_per_step * self.seq_len)
+        if self._normalizer is None or self._normalizer[0] != step:
+            first = step * self.samples_per_step
+            samples = range(first, first + self.samples_per_step)
+            counted = sum(self._masked_count(self._draw(sample)[2]) for sample in samples)
+            self._normalizer = (step, float(counted))
+        return self._normalizer[1]
+
+    def _assemble(self, samples: range, step: int) -> MicroBatch:
+        if self.kind == "gpt":
+            windows = np.stack([self._gpt_window(sample) for sample in samples])  # (B, T + 1)
+            tokens, targets = np.ascontiguousarray(windows[:, :-1]), windows[:, 1:].copy()
+            attention_mask = None
+        else:
+            rows = [self._bert_sample(sample) for sample in samples]
+            tokens, targets, attention_mask = (np.stack(column)
+                                               for column in zip(*rows, strict=True))
+        return MicroBatch(tokens=tokens, targets=targets, attention_mask=attention_mask,
+                          loss_normalizer=self.loss_normalizer(step))
+
+    def _draw(self, sample: int) -> tuple[np.random.Generator, int, int]:
+        """The sample's generator, window offset and (BERT) real length, drawn in this order."""
+        rng = np.random.default_rng([self.seed, DATA_STREAM, sample])
+        offset = int(rng.integers(0, len(self.tokens) - self.window + 1))
+        length = int(rng.integers(self.shortest, self.seq_len + 1)) if self.kind == "bert" else 0
+        return rng, offset, length
+
+    def _masked_count(self, length: int) -> int:
+        return max(1, math.floor(self.mask_prob * length + 0.5))
+
+    def _gpt_window(self, sample: int) -> np.ndarray:
+        _, offset, _ = self._draw(sample)
+        return np.asarray(self.tokens[offset:offset + self.window], dtype=np.int64)
+
+    def _bert_sample(self, sample: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng, offset, length = self._draw(sample)
+        original = np.asarray(self.tokens[offset:offset + length], dtype=np.int64)
+        chosen = rng.choice(length, size=self._masked_count(length), replace=False)
+        action = rng.random(chosen.size)
+        replacement = rng.integers(0, self.vocab_size, size=chosen.size)
+
+        tokens = np.full(self.seq_len, self.pad_token, dtype=np.int64)
+        tokens[:length] = original
+        tokens[chosen] = np.where(action < MASK_SHARE, self.mask_token,
+                                  np.where(action < MASK_SHARE + RANDOM_SHARE, replacement,
+                                           original[chosen]))
+        targets = np.full(self.seq_len, IGNORE_INDEX, dtype=np.int64)
+        targets[chosen] = original[chosen]
+        return tokens, targets, np.arange(self.seq_len) < length

@@ -1,0 +1,42 @@
+"""AdamW (decoupled weight decay), one fused update per parameter group."""
+
+from __future__ import annotations
+
+from mpipipe.errors import UsageError
+from mpipipe.fused import adamw_update
+from mpipipe.optim.base import Optimizer, ParamGroup
+
+
+class AdamW(Optimizer):
+    """PyTorch's AdamW: bias-corrected moments "m" and "v", decay p -= lr * weight_decay * p."""
+
+    STATE_NAMES = ("m", "v")
+
+    def __init__(self, groups: list[ParamGroup], beta1: float, beta2: float, eps: float):
+        for key, beta in (("optim.beta1", beta1), ("optim.beta2", beta2)):
+            if not 0.0 <= beta < 1.0:
+                raise UsageError(f"{key}: AdamW needs a value in [0, 1), got {beta}")
+        if not eps > 0.0:
+            raise UsageError(f"optim.eps: AdamW needs a positive epsilon, got {eps} (e.g. 1e-8)")
+        super().__init__(groups)
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+
+    def step(self, lr: float, grad_scale: float = 1.0) -> None:
+        """Apply one update; grad_scale multiplies every gradient first (the clip coefficient)."""
+        self.step_count += 1
+        for group, state in zip(self.groups, self.state, strict=True):
+            adamw_update(
+                group.param,
+                group.grad,
+                state["m"],
+                state["v"],
+                lr=lr,
+                beta1=self.beta1,
+                beta2=self.beta2,
+                eps=self.eps,
+                weight_decay=group.weight_decay,
+                step=self.step_count,
+                grad_scale=grad_scale,
+            )

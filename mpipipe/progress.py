@@ -1,0 +1,54 @@
+"""What rank 0 shows while training: a tqdm bar on a terminal, log lines in batch jobs."""
+
+from __future__ import annotations
+
+import sys
+
+
+def format_row(row: dict) -> str:
+    return (
+        f"step {row['step'] + 1:>6}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
+        f"grad_norm {row['grad_norm']:.3f}  {row['tokens_per_s']:,.0f} tok/s  "
+        f"bubble {row['bubble_mean']:.1%}  {row['step_time_s'] * 1e3:.0f} ms/step"
+    )
+
+
+class Progress:
+    """Rank 0 reports; other ranks stay quiet."""
+
+    def __init__(self, total_steps: int, first_step: int, log_every: int, enabled: bool):
+        self.log_every = log_every
+        self.enabled = enabled
+        self.bar = None
+        if enabled and sys.stdout.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total_steps, initial=first_step, unit="step", dynamic_ncols=True)
+
+    def update(self, row: dict, last: bool) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{row['loss']:.4f}",
+                tok_s=f"{row['tokens_per_s']:,.0f}",
+                bubble=f"{row['bubble_mean']:.1%}",
+            )
+            self.bar.update(1)
+        elif row["step"] % self.log_every == 0 or last:
+            print(format_row(row), flush=True)
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,187 @@
+"""Parameters and gradients of the stages one rank holds, in flat sync buckets.
+
+A logical parameter is named by (global layer index, name), the same on
+every rank and in checkpoints. A weight shared by two layers (tied
+embedding and LM head) is one logical parameter. Logical parameters used by
+the same set of stages form a bucket: one flat parameter array and one flat
+gradient array, so a chunk's gradient sync is a single `Iallreduce` and the
+optimizer runs over a few long arrays. Within a bucket, weight matrices (which
+get weight decay) come first, then vectors (which do not).
+
+Every rank derives the same bucket list from the model, the partition and
+the placement, so the communicators built for it match across ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+
+import numpy as np
+
+from mpipipe.backend import Backend
+from mpipipe.runtime.grid import ProcessGrid
+from mpipipe.schedules.schedule import Placement
+
+ParamKey = tuple[int, str]  # (global layer index, parameter name)
+
+
+def weight_decay_applies(shape: tuple[int, ...]) -> bool:
+    """Weight decay acts on matrices (weights, embeddings), not on biases and norm gains."""
+    return len(shape) >= 2
+
+
+@dataclass
+class Bucket:
+    stages: tuple[int, ...]  # the stages whose layers use these parameters
+    keys: list[ParamKey]
+    shapes: dict[ParamKey, tuple[int, ...]]
+    offsets: dict[ParamKey, int]
+    decay_size: int  # elements [0, decay_size) get weight decay
+    world_members: list[int]  # every world rank holding a copy
+    param: object = None
+    grad: object = None
+    comm: object = None  # communicator of world_members; None when alone
+
+    @property
+    def size(self) -> int:
+        return sum(prod(shape) for shape in self.shapes.values())
+
+    def view(self, flat, key: ParamKey):
+        start = self.offsets[key]
+        return flat[start : start + prod(self.shapes[key])].reshape(self.shapes[key])
+
+
+@dataclass
+class ParamLayout:
+    """Which stage each layer is in, and every logical parameter's owner and users."""
+
+    stage_of_layer: list[int]
+    shapes: dict[ParamKey, tuple[int, ...]]
+    users: dict[ParamKey, tuple[int, ...]]  # stages using each logical parameter
+    layer_keys: list[dict[str, ParamKey]]  # per layer: local name -> logical key
+
+    @classmethod
+    def build(cls, layers, stage_layers: list[range]) -> ParamLayout:
+        stage_of_layer = [0] * len(layers)
+        for stage, layer_range in enumerate(stage_layers):
+            for index in layer_range:
+                stage_of_layer[index] = stage
+        shapes: dict[ParamKey, tuple[int, ...]] = {}
+        users: dict[ParamKey, set[int]] = {}
+        layer_keys = []
+        for index, layer in enumerate(layers):
+            keys = {}
+            for name, shape in layer.param_shapes().items():
+                key = tuple(layer.tied[name]) if name in layer.tied else (index, name)
+                keys[name] = key
+                if key == (index, name):
+                    shapes[key] = tuple(shape)
+                users.setdefault(key, set()).add(stage_of_layer[index])
+            layer_keys.append(keys)
+        return cls(
+            stage_of_layer=stage_of_layer,
+            shapes=shapes,
+            users={key: tuple(sorted(stages)) for key, stages in users.items()},
+            layer_keys=layer_keys,
+        )
+
+    def bucket_plan(self) -> dict[tuple[int, ...], list[ParamKey]]:
+        """Logical parameters grouped by the stages that use them, in a global order."""
+        plan: dict[tuple[int, ...], list[ParamKey]] = {}
+        for key in sorted(self.shapes):
+            plan.setdefault(self.users[key], []).append(key)
+        return dict(sorted(plan.items()))
+
+
+@dataclass
+class ParamStore:
+    """This rank's copies of the parameters of its stages, with gradient buffers."""
+
+    layout: ParamLayout
+    buckets: list[Bucket]
+    backend: Backend
+    params: dict[ParamKey, object] = field(default_factory=dict)
+    grads: dict[ParamKey, object] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        model,
+        stage_layers: list[range],
+        placement: Placement,
+        grid: ProcessGrid,
+        backend: Backend,
+        seed: int,
+    ) -> ParamStore:
+        layout = ParamLayout.build(model.layers, stage_layers)
+        my_stages = {stage for _, stage in placement.chunks_on(grid.pipe_rank)}
+        buckets = []
+        for stages, keys in layout.bucket_plan().items():
+            if not my_stages.intersection(stages):
+                continue
+            pipe_ranks = sorted({rank for stage in stages for rank in placement.holders(stage)})
+            members = sorted(
+                grid.world_rank_of(pipe_rank, replica)
+                for replica in range(grid.data_parallel)
+                for pipe_rank in pipe_ranks
+            )
+            buckets.append(_new_bucket(stages, keys, layout.shapes, members))
+        store = cls(layout=layout, buckets=buckets, backend=backend)
+        store._allocate()
+        store._initialise(model, seed)
+        return store
+
+    def _allocate(self) -> None:
+        xp, dtype = self.backend.xp, self.backend.dtype
+        for bucket in self.buckets:
+            bucket.param = xp.zeros(bucket.size, dtype=dtype)
+            bucket.grad = xp.zeros(bucket.size, dtype=dtype)
+            for key in bucket.keys:
+                self.params[key] = bucket.view(bucket.param, key)
+                self.grads[key] = bucket.view(bucket.grad, key)
+
+    def _initialise(self, model, seed: int) -> None:
+        owner_layers = sorted({index for index, _ in self.params})
+        initial = model.init_params(seed, layer_indices=owner_layers)
+        for key, value in initial.items():
+            if key in self.params:
+                self.params[key][...] = self.backend.asarray(value)
+
+    def layer_params(self, layer_index: int) -> dict[str, object]:
+        return {name: self.params[key] for name, key in self.layout.layer_keys[layer_index].items()}
+
+    def layer_grads(self, layer_index: int) -> dict[str, object]:
+        return {name: self.grads[key] for name, key in self.layout.layer_keys[layer_index].items()}
+
+    def zero_grads(self) -> None:
+        for bucket in self.buckets:
+            bucket.grad.fill(0)
+
+    def buckets_of_stage(self, stage: int) -> list[Bucket]:
+        return [bucket for bucket in self.buckets if stage in bucket.stages]
+
+    def host_params(self) -> dict[ParamKey, np.ndarray]:
+        """Host copies of every parameter this rank holds, by logical name."""
+        return {key: self.backend.to_host(value).copy() for key, value in self.params.items()}
+
+    def load_host_params(self, values: dict[ParamKey, np.ndarray]) -> None:
+        for key, target in self.params.items():
+            target[...] = self.backend.asarray(values[key])
+
+
+def _new_bucket(stages, keys, shapes, members) -> Bucket:
+    decayed = [key for key in keys if weight_decay_applies(shapes[key])]
+    ordered = decayed + [key for key in keys if not weight_decay_applies(shapes[key])]
+    offsets, position = {}, 0
+    for key in ordered:
+        offsets[key] = position
+        position += prod(shapes[key])
+    return Bucket(
+        stages=stages,
+        keys=ordered,
+        shapes={key: shapes[key] for key in ordered},
+        offsets=offsets,
+        decay_size=sum(prod(shapes[key]) for key in decayed),
+        world_members=members,
+    )

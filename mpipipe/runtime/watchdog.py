@@ -1,0 +1,110 @@
+"""Never a silent hang: bounded waits, a flight recorder and its dump.
+
+Every blocking wait of the engine goes through `Watchdog.wait`, which polls
+the MPI request and, past `runtime.timeout_s`, prints what this rank waits
+for (op, peer, tag, bytes) and the last ops it ran, then aborts the whole
+job. SIGUSR1 prints (and writes) the same dump without stopping.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from mpipipe.errors import EXIT_HANG
+
+
+@dataclass
+class WaitInfo:
+    """What a blocked rank is waiting for, in words a person can act on."""
+
+    what: str  # "activation", "gradient", "send", "gradient allreduce"
+    op: str  # the op that needs it, e.g. "u3F1", or "end of step"
+    peer: int | None  # rank on the other side; None for collectives
+    tag: int | None
+    nbytes: int
+
+    def __str__(self) -> str:
+        peer = f"rank {self.peer}" if self.peer is not None else "its sync group"
+        tag = f", tag {self.tag}" if self.tag is not None else ""
+        return f"{self.what} for op {self.op} from/to {peer}{tag}, {self.nbytes} bytes"
+
+
+class Watchdog:
+    SPIN_TESTS = 64  # cheap tests before sleeping: most waits end within them
+    MAX_SLEEP_S = 2e-4
+
+    def __init__(self, rank: int, timeout_s: float, dump_dir: str | None = None, history: int = 32):
+        self.rank = rank
+        self.timeout_s = timeout_s
+        self.dump_dir = dump_dir
+        self.recent: collections.deque[str] = collections.deque(maxlen=history)
+        self.current: WaitInfo | None = None
+        self.waiting_since = 0.0
+        self.step = -1
+
+    def record(self, text: str) -> None:
+        """Remember an op this rank ran (the flight recorder)."""
+        self.recent.append(f"step {self.step} {text}")
+
+    def wait(self, request, info: WaitInfo) -> None:
+        """Wait for one MPI request; abort the job past the timeout."""
+        if request.Test():
+            return
+        self.current, self.waiting_since = info, time.monotonic()
+        tests, delay = 0, 1e-5
+        while not request.Test():
+            tests += 1
+            if tests < self.SPIN_TESTS:
+                continue
+            waited = time.monotonic() - self.waiting_since
+            if self.timeout_s and waited > self.timeout_s:
+                self.fire()
+            time.sleep(delay)
+            delay = min(delay * 2, self.MAX_SLEEP_S)
+        self.current = None
+
+    def dump_text(self) -> str:
+        lines = [f"mpipipe flight recorder, rank {self.rank}, pid {os.getpid()}:"]
+        if self.current is not None:
+            waited = time.monotonic() - self.waiting_since
+            lines.append(f"  waiting {waited:.1f} s for {self.current}")
+        else:
+            lines.append("  not waiting on MPI")
+        lines.append(f"  last {len(self.recent)} ops, oldest first:")
+        lines.extend(f"    {entry}" for entry in self.recent)
+        return "\n".join(lines)
+
+    def write_dump(self) -> str:
+        text = self.dump_text()
+        print(text, file=sys.stderr, flush=True)
+        if self.dump_dir:
+            path = os.path.join(self.dump_dir, f"flight_rank{self.rank}.txt")
+            try:
+                with open(path, "w") as handle:
+                    handle.write(text + "\n")
+            except OSError as error:
+                print(f"mpipipe: could not write {path}: {error}", file=sys.stderr, flush=True)
+        return text
+
+    def fire(self) -> None:
+        """The timeout passed: say what we wait for, then end the whole job."""
+        print(
+            f"mpipipe: error: watchdog on rank {self.rank}: no progress for "
+            f"{self.timeout_s:g} s (runtime.timeout_s) while waiting for {self.current}",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.write_dump()
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(EXIT_HANG)
+
+    def install_signal_handler(self) -> None:
+        """SIGUSR1 dumps the flight recorder without stopping the run."""
+        if hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, lambda signum, frame: self.write_dump())

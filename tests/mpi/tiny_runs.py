@@ -1,0 +1,96 @@
+"""Tiny runs for the MPI tests: a config, a pipelined run on a sub-communicator,
+and the single-process reference it must equal."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from mpi4py import MPI
+
+from mpipipe.backend import Backend
+from mpipipe.config.schema import Config
+from mpipipe.models.reference import loss_and_grads
+from mpipipe.optim import ParamGroup, build_optimizer, clip_coefficient, learning_rate
+from mpipipe.plan import plan_run
+from mpipipe.runtime.params import weight_decay_applies
+from mpipipe.trainer import Trainer
+
+FLOAT64 = Backend(xp=np, dtype=np.float64, device="cpu")
+
+
+def tiny_config(kind: str, schedule: str, pipeline: int, data_parallel: int, **overrides) -> Config:
+    config = Config()
+    config.model.kind = kind
+    config.model.vocab_size = 64
+    config.model.seq_len = 8
+    config.model.n_layer = 8
+    config.model.n_head = 2
+    config.model.d_model = 16
+    config.data.source = "random"
+    config.data.microbatch_size = 2
+    config.parallel.schedule = schedule
+    config.parallel.pipeline = pipeline
+    config.parallel.data_parallel = data_parallel
+    config.parallel.microbatches = 2 * pipeline
+    config.runtime.dtype = "float64"
+    config.runtime.device = "cpu"
+    config.runtime.timeout_s = 60.0
+    config.optim.warmup_steps = 1
+    config.optim.weight_decay = 0.1
+    config.optim.grad_clip = 1.0
+    config.train.steps = 3
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        setattr(getattr(config, section), key, value)
+    return config
+
+
+def sub_communicator(size: int):
+    """The first `size` ranks of COMM_WORLD, or None on the others."""
+    world = MPI.COMM_WORLD
+    color = 0 if world.Get_rank() < size else MPI.UNDEFINED
+    comm = world.Split(color, world.Get_rank())
+    return None if comm == MPI.COMM_NULL else comm
+
+
+def pipelined_run(config: Config, comm, steps: int):
+    """Train `steps` steps on `comm`; returns (metrics rows, every rank's host params on root)."""
+    plan = plan_run(config, comm.Get_size(), comm.Get_rank())
+    trainer = Trainer(plan, comm=comm, backend=FLOAT64, out_dir=None, verbose=False)
+    rows = [trainer.train_step() for _ in range(steps)]
+    gathered = comm.gather(trainer.store.host_params(), root=0)
+    return plan, rows, gathered
+
+
+def reference_run(plan, steps: int):
+    """The same steps, one process, the whole global batch at once: (losses, norms, params)."""
+    config, model = plan.config, plan.model
+    params = model.init_params(config.train.seed)
+    groups = [
+        ParamGroup(
+            value.reshape(-1),
+            np.zeros(value.size),
+            config.optim.weight_decay if weight_decay_applies(value.shape) else 0.0,
+        )
+        for value in params.values()
+    ]
+    grad_views = dict(zip(params, (group.grad for group in groups), strict=True))
+    optimizer = build_optimizer(groups, config.optim)
+    losses, norms = [], []
+    for step in range(steps):
+        loss, grads = loss_and_grads(model, params, plan.batcher.global_batch(step))
+        norm = math.sqrt(sum(float(np.vdot(grad, grad)) for grad in grads.values()))
+        for key, view in grad_views.items():
+            view[...] = grads[key].reshape(-1)
+        learning = learning_rate(step, config.optim, config.train.steps)
+        optimizer.step(learning, grad_scale=clip_coefficient(norm, config.optim.grad_clip))
+        losses.append(float(loss))
+        norms.append(norm)
+    return losses, norms, params
+
+
+def relative_difference(actual, expected) -> float:
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    scale = max(float(np.linalg.norm(expected)), 1e-300)
+    return float(np.linalg.norm(actual - expected)) / scale
