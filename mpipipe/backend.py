@@ -86,7 +86,9 @@ def _import_cupy():
     return cupy
 
 
-def select_backend(device: str = "auto", dtype: str = "float32", local_rank: int | None = None) -> Backend:
+def select_backend(
+    device: str = "auto", dtype: str = "float32", local_rank: int | None = None
+) -> Backend:
     """Choose the array library and bind this process to its GPU.
 
     Call before MPI is initialised when possible: the device is chosen from
@@ -94,7 +96,9 @@ def select_backend(device: str = "auto", dtype: str = "float32", local_rank: int
     sees the right device from its first call.
     """
     if dtype not in DTYPES:
-        raise UsageError(f"runtime.dtype: unknown float type {dtype!r} (use 'float32' or 'float64')")
+        raise UsageError(
+            f"runtime.dtype: unknown float type {dtype!r} (use 'float32' or 'float64')"
+        )
     if device not in ("auto", "cpu", "gpu"):
         raise UsageError(f"runtime.device: unknown device {device!r} (use 'auto', 'cpu' or 'gpu')")
     if device == "cpu":

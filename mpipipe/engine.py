@@ -20,14 +20,16 @@ from mpi4py import MPI
 from mpipipe.comm import Messenger
 from mpipipe.errors import UsageError
 from mpipipe.layers.base import MicroBatch
+from mpipipe.runtime.faults import FaultInjector
 from mpipipe.runtime.stage import StageCompute
 from mpipipe.runtime.timeline import Timeline
-from mpipipe.runtime.watchdog import Watchdog, WaitInfo
+from mpipipe.runtime.watchdog import WaitInfo, Watchdog
 from mpipipe.schedules.lowering import LoweredOp, Transfer, lower, max_tag
 from mpipipe.schedules.ops import OpType
 
 # What one rank reports at the end of a step (one row of the Allgather).
-_LOSS, _SQUARED_NORM, _FIRST_START, _LAST_END, _COMPUTE, _WAIT, _PEAK = range(7)
+_LOSS, _SQUARED_NORM, _FIRST_START, _LAST_END, _COMPUTE, _WAIT, _PEAK, _STOP = range(8)
+_COLUMNS = 8
 
 
 @dataclass
@@ -40,6 +42,7 @@ class StepStats:
     compute_s: list[float]  # per rank: time inside F, B, I, W ops
     wait_s: list[float]  # per rank: time blocked on messages and syncs
     peak_activations: list[int]  # per rank: most micro-batch caches held at once
+    stop_requested: bool = False  # some rank was asked to stop (SIGTERM) during the step
 
     @property
     def bubble(self) -> list[float]:
@@ -71,6 +74,7 @@ class Engine:
         cuda_aware: bool = False,
         recv_window: int = 8,
         compute_factory=None,
+        faults: FaultInjector | None = None,
     ):
         self.comm = comm
         self.grid = grid
@@ -81,6 +85,9 @@ class Engine:
         self.watchdog = watchdog
         self.timeline = timeline
         self.recv_window = recv_window
+        self.faults = faults or FaultInjector(comm.Get_rank(), text="")
+        # Set from a signal handler; every rank learns of it with the step's statistics.
+        self.stop_requested = False
         self.last_stage = schedule.stages - 1
         self.lowered: list[LoweredOp] = lower(schedule, grid.pipe_rank)
         self.messenger = Messenger(comm, backend, cuda_aware, watchdog)
@@ -162,7 +169,10 @@ class Engine:
         self._first_start = self._last_end = None
         self._peak = 0
         self._post_receives()
+        middle = len(self.lowered) // 2
         for position, lowered in enumerate(self.lowered):
+            if position == middle:
+                self.faults.in_middle_of_step(step, self.store)
             self.messenger.progress()
             self.watchdog.record(str(lowered.op))
             self._run(position, lowered)
@@ -190,10 +200,7 @@ class Engine:
     def _forward(self, position: int, lowered: LoweredOp) -> None:
         op = lowered.op
         context = self._context(op.microbatch)
-        if op.stage == 0:
-            x = context.tokens
-        else:
-            x = self._incoming(position, lowered.receive, op)
+        x = context.tokens if op.stage == 0 else self._incoming(position, lowered.receive, op)
         start = MPI.Wtime()
         y, cache = self.stages[op.stage].forward(x, context)
         self._computed(str(op), start)
@@ -283,7 +290,7 @@ class Engine:
     def _outgoing(self, transfer: Transfer, array) -> None:
         if transfer.peer is None:
             self._handovers[_transfer_key(transfer)] = array
-        else:
+        elif not self.faults.withhold_send(self._step):
             self.messenger.send(array, self.grid.world_rank_of(transfer.peer), transfer.tag)
 
     def _release(self, key: tuple) -> None:
@@ -305,7 +312,7 @@ class Engine:
 
     def _gather_stats(self) -> StepStats:
         to_host = self.backend.to_host
-        row = np.zeros(7)
+        row = np.zeros(_COLUMNS)
         row[_LOSS] = sum(float(to_host(loss)) for loss in self._losses)
         row[_SQUARED_NORM] = sum(
             float(to_host(bucket.grad @ bucket.grad))
@@ -318,7 +325,8 @@ class Engine:
         row[_COMPUTE] = self._compute_s
         row[_WAIT] = self._wait_s
         row[_PEAK] = self._peak
-        table = np.zeros((self.comm.Get_size(), 7))
+        row[_STOP] = float(self.stop_requested)
+        table = np.zeros((self.comm.Get_size(), _COLUMNS))
         self.comm.Allgather(row, table)
         return StepStats(
             loss=float(table[:, _LOSS].sum()),
@@ -329,6 +337,7 @@ class Engine:
             compute_s=table[:, _COMPUTE].tolist(),
             wait_s=table[:, _WAIT].tolist(),
             peak_activations=[int(value) for value in table[:, _PEAK]],
+            stop_requested=bool(table[:, _STOP].any()),
         )
 
 

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
+
+# Set by launchers; Open MPI gives every rank a pty, so isatty() cannot tell a
+# terminal from a batch job's log file under mpirun.
+LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_STEP_ID")
+
+
+def wants_bar() -> bool:
+    """MPIPIPE_PROGRESS=bar|log decides; otherwise a bar only on a terminal outside a launcher."""
+    choice = os.environ.get("MPIPIPE_PROGRESS", "auto")
+    if choice in ("bar", "log"):
+        return choice == "bar"
+    under_launcher = any(name in os.environ for name in LAUNCHER_VARIABLES)
+    return sys.stdout.isatty() and not under_launcher
 
 
 def format_row(row: dict) -> str:
@@ -20,13 +34,15 @@ class Progress:
         self.log_every = log_every
         self.enabled = enabled
         self.bar = None
-        if enabled and sys.stdout.isatty():
+        if enabled and wants_bar():
             try:
                 from tqdm import tqdm
             except ImportError:
                 tqdm = None
             if tqdm is not None:
-                self.bar = tqdm(total=total_steps, initial=first_step, unit="step", dynamic_ncols=True)
+                self.bar = tqdm(
+                    total=total_steps, initial=first_step, unit="step", dynamic_ncols=True
+                )
 
     def update(self, row: dict, last: bool) -> None:
         if not self.enabled:

@@ -19,6 +19,7 @@ from mpipipe.optim import ParamGroup, build_optimizer, clip_coefficient, learnin
 from mpipipe.plan import RunPlan
 from mpipipe.progress import Progress
 from mpipipe.runtime.failure import CollectiveStop
+from mpipipe.runtime.faults import FaultInjector
 from mpipipe.runtime.params import ParamStore
 from mpipipe.runtime.timeline import Timeline, rank0_clock_offset, write_chrome_trace
 from mpipipe.runtime.watchdog import Watchdog
@@ -56,9 +57,8 @@ class Trainer:
         self.rank = comm.Get_rank()
         runtime = self.config.runtime
         self.watchdog = Watchdog(self.rank, runtime.timeout_s, dump_dir=out_dir)
-        self.timeline = Timeline(
-            self.rank, rank0_clock_offset(comm), max_steps=runtime.trace_steps if runtime.trace else 0
-        )
+        traced_steps = runtime.trace_steps if runtime.trace else 0
+        self.timeline = Timeline(self.rank, rank0_clock_offset(comm), max_steps=traced_steps)
         self.store = ParamStore.create(
             plan.model, plan.stage_layers, plan.schedule.placement, plan.grid, backend,
             self.config.train.seed,
@@ -81,6 +81,7 @@ class Trainer:
             cuda_aware=cuda_aware,
             recv_window=runtime.recv_window,
             compute_factory=compute_factory,
+            faults=FaultInjector(self.rank),
         )
         self.step = 0
         writes = out_dir is not None and self.rank == 0

@@ -23,6 +23,10 @@ if [ "${MPIPIPE_SKIP_SETUP:-0}" != 1 ]; then
     bash "$repo_root/jobs/local/setup.sh"
 fi
 
+# A progress bar when this script writes to a terminal, log lines otherwise
+# (under mpirun every rank's stdout looks like a terminal).
+if [ -t 1 ]; then export MPIPIPE_PROGRESS=${MPIPIPE_PROGRESS:-bar}; else export MPIPIPE_PROGRESS=${MPIPIPE_PROGRESS:-log}; fi
+
 # One BLAS thread per rank: the ranks themselves fill the cores.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 exec timeout --kill-after=30 "${MPIPIPE_WALLTIME:-3600}" \

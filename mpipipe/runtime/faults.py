@@ -1,0 +1,97 @@
+"""Test-only fault injection, switched on by an environment variable.
+
+    MPIPIPE_FAULT="KIND,rank=R,step=S"
+
+makes world rank R misbehave during step S (0-based):
+
+- raise:     raise an exception in the middle of the step
+- kill:      SIGKILL itself in the middle of the step
+- hang:      stop making progress in the middle of the step (sleeps forever)
+- withhold:  silently drop its first outgoing message of the step
+- nan:       poison a gradient with NaN in the middle of the step
+- pause-in-save: stop forever inside the checkpoint save of that step
+
+With the variable unset nothing here runs; it exists so the failure paths
+(abort, watchdog, recovery) are exercised by real runs in the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from mpipipe.errors import UsageError
+
+ENVIRONMENT_VARIABLE = "MPIPIPE_FAULT"
+KINDS = ("raise", "kill", "hang", "withhold", "nan", "pause-in-save")
+
+
+class InjectedFault(RuntimeError):
+    """The exception a `raise` fault throws."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    rank: int
+    step: int
+
+    @classmethod
+    def parse(cls, text: str) -> Fault:
+        kind, *fields = [part.strip() for part in text.split(",")]
+        values = dict(field.split("=", 1) for field in fields if "=" in field)
+        if kind not in KINDS or set(values) != {"rank", "step"} or len(fields) != 2:
+            raise UsageError(
+                f"{ENVIRONMENT_VARIABLE}={text!r}: expected 'KIND,rank=R,step=S' with KIND one "
+                f"of {', '.join(KINDS)}"
+            )
+        try:
+            return cls(kind, int(values["rank"]), int(values["step"]))
+        except ValueError as error:
+            message = f"{ENVIRONMENT_VARIABLE}={text!r}: rank and step are integers"
+            raise UsageError(message) from error
+
+
+class FaultInjector:
+    def __init__(self, rank: int, text: str | None = None):
+        text = os.environ.get(ENVIRONMENT_VARIABLE) if text is None else text
+        self.fault = Fault.parse(text) if text else None
+        self.rank = rank
+        self.withheld = False
+
+    def _armed(self, kind: str, step: int) -> bool:
+        fault = self.fault
+        return fault is not None and fault.kind == kind and (fault.rank, fault.step) == (
+            self.rank,
+            step,
+        )
+
+    def in_middle_of_step(self, step: int, store) -> None:
+        """Called once per step, half-way through this rank's ops."""
+        if self._armed("raise", step):
+            raise InjectedFault(f"injected fault on rank {self.rank} at step {step}")
+        if self._armed("kill", step):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self._armed("hang", step):
+            _sleep_forever()
+        if self._armed("nan", step) and store.buckets:
+            store.buckets[0].grad[0] = float("nan")
+
+    def withhold_send(self, step: int) -> bool:
+        """True once: the first message of the step is to be dropped."""
+        if self._armed("withhold", step) and not self.withheld:
+            self.withheld = True
+            return True
+        return False
+
+    def pause_point(self, place: str, step: int) -> None:
+        """A named point where a `pause-in-<place>` fault stops this rank for good."""
+        if self._armed(f"pause-in-{place}", step):
+            _sleep_forever()
+
+
+def _sleep_forever() -> None:
+    while True:
+        time.sleep(3600)
