@@ -22,16 +22,16 @@ from mpipipe.errors import EXIT_HANG
 class WaitInfo:
     """What a blocked rank is waiting for, in words a person can act on."""
 
-    what: str  # "activation", "gradient", "send", "gradient allreduce"
+    what: str  # "activation", "gradient", "send completion", "gradient allreduce"
     op: str  # the op that needs it, e.g. "u3F1", or "end of step"
-    peer: int | None  # rank on the other side; None for collectives
+    peer: int | None  # rank on the other side; None for collectives and sends
     tag: int | None
     nbytes: int
 
     def __str__(self) -> str:
-        peer = f"rank {self.peer}" if self.peer is not None else "its sync group"
+        source = f" from rank {self.peer}" if self.peer is not None else ""
         tag = f", tag {self.tag}" if self.tag is not None else ""
-        return f"{self.what} for op {self.op} from/to {peer}{tag}, {self.nbytes} bytes"
+        return f"{self.what} for op {self.op}{source} ({self.nbytes} bytes{tag})"
 
 
 class Watchdog:

@@ -1,0 +1,73 @@
+"""Start real `mpiexec` jobs from tests, always bounded by a timeout.
+
+`run_ranks` wraps every rank so it reports its own exit code on stderr
+("mpipipe-test: rank R exit C"), which lets a test prove that EVERY rank
+ended non-zero, not only that mpirun did.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MPIRUN = REPO / "jobs" / "local" / "mpirun.sh"
+EXIT_LINE = re.compile(r"mpipipe-test: rank (\d+) exit (\d+)")
+
+# Keeps Open MPI's mpirun from killing the other ranks when the first one exits
+# non-zero, so a test sees each rank's own exit code.
+EVERY_RANK_EXITS_ITSELF = {"OMPI_MCA_orte_abort_on_non_zero_status": "0"}
+
+# Each rank runs the command, then reports how it ended.
+RANK_WRAPPER = (
+    '"$@"; code=$?; echo "mpipipe-test: rank ${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-0}} exit $code"'
+    " >&2; exit $code"
+)
+
+
+@dataclass
+class JobResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def rank_exits(self) -> dict[int, int]:
+        return {int(rank): int(code) for rank, code in EXIT_LINE.findall(self.stderr)}
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_ranks(
+    ranks: int,
+    args: list[str],
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    cwd: Path | str = REPO,
+) -> JobResult:
+    """Run `python -m mpipipe ARGS` (or any `args` starting with '-c'/'path.py') on `ranks` ranks."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MPIPIPE_PROGRESS": "log"}
+    environment.update(env or {})
+    command = [
+        "bash", str(MPIRUN), "-n", str(ranks),
+        "bash", "-c", RANK_WRAPPER, "rank", sys.executable, *args,
+    ]
+    started = time.monotonic()
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=cwd
+    )
+    return JobResult(
+        completed.returncode, completed.stdout, completed.stderr, time.monotonic() - started
+    )
+
+
+def mpipipe_args(*args: str) -> list[str]:
+    return ["-m", "mpipipe", *args]
