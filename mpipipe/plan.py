@@ -16,7 +16,7 @@ from mpipipe.config.validate import pipeline_degree, validate_config
 from mpipipe.data import build_batcher
 from mpipipe.models.model import Model, build_model
 from mpipipe.runtime.grid import ProcessGrid, make_grid
-from mpipipe.schedules import build_schedule
+from mpipipe.schedules import build_schedule, stages_reason
 from mpipipe.schedules.partition import partition_layers
 from mpipipe.schedules.schedule import Schedule
 
@@ -60,6 +60,7 @@ def plan_run(
         [layer.is_body for layer in model.layers],
         schedule.stages,
         parallel.partition,
-        describe=f"{model.kind} model with {config.model.n_layer} transformer blocks",
+        describe=model.kind,
+        why_stages=stages_reason(parallel.schedule, parallel.pipeline, parallel.chunks),
     )
     return RunPlan(config, grid, model, schedule, stage_layers, batcher)

@@ -53,7 +53,7 @@ def run_ranks(
     env: dict[str, str] | None = None,
     cwd: Path | str = REPO,
 ) -> JobResult:
-    """Run `python -m mpipipe ARGS` (or any `args` starting with '-c'/'path.py') on `ranks` ranks."""
+    """Run `python ARGS` on `ranks` ranks (see mpipipe_args for `python -m mpipipe ...`)."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MPIPIPE_PROGRESS": "log"}
     environment.update(env or {})
     command = [

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+
 from mpirun import EVERY_RANK_EXITS_ITSELF, MPIRUN, REPO, mpipipe_args, run_ranks
 
 TINY = [

@@ -15,12 +15,27 @@ as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+python_needs() {
+    # Debian's own python3 comes without venv/ensurepip and without the headers
+    # h5py compiles against; a pyenv or conda Python has both.
+    if ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        echo python3-venv
+    fi
+    if ! "$python" -c 'import os, sysconfig, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)'; then
+        echo python3-dev
+    fi
+    command -v gcc >/dev/null 2>&1 || echo build-essential
+}
+
 install_system_packages() {
     local needed=(openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config shellcheck)
     local missing=()
     for pkg in "${needed[@]}"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
+    while read -r pkg; do
+        [ -n "$pkg" ] && missing+=("$pkg")
+    done < <(python_needs)
     if [ "${#missing[@]}" -eq 0 ]; then
         log "system packages present"
         return

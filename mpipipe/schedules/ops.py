@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from mpipipe.errors import UsageError
 
 
-class OpType(str, Enum):
+class OpType(StrEnum):
     FORWARD = "F"
     BACKWARD = "B"  # full backward: input gradient and weight gradient
     BACKWARD_INPUT = "I"  # input-gradient half of a backward
@@ -30,7 +30,9 @@ I = OpType.BACKWARD_INPUT  # noqa: E741 - the paper's name for it
 W = OpType.BACKWARD_WEIGHT
 SYNC = OpType.SYNC
 
-_OP_PATTERN = re.compile(r"^(?P<pipe>[du]?)(?P<stage>\d+)(?P<type>SYNC|F|B|I|W)(?P<microbatch>\d*)$")
+_OP_PATTERN = re.compile(
+    r"^(?P<pipe>[du]?)(?P<stage>\d+)(?P<type>SYNC|F|B|I|W)(?P<microbatch>\d*)$"
+)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,16 @@ the same as the others.
 
 import numpy as np
 import pytest
-from tiny_runs import pipelined_run, reference_run, relative_difference, sub_communicator, tiny_config
 
 from mpipipe.schedules import SCHEDULE_KINDS
+
+from tiny_runs import (
+    pipelined_run,
+    reference_run,
+    relative_difference,
+    sub_communicator,
+    tiny_config,
+)
 
 STEPS = 3
 LAYOUTS = [(2, 1), (4, 1), (2, 2)]  # (pipeline, data parallel)

@@ -1,0 +1,160 @@
+"""Check that a schedule is complete, well placed and free of deadlock.
+
+A valid schedule runs, for every micro-batch m on its pipe p and every
+stage s, exactly one F(p, s, m) and either one B or one I and one W (never
+both kinds in one schedule), each on the rank that holds (p, s); and, on
+every rank, exactly one SYNC per chunk it holds, after that chunk's last B
+or W. Then a dry run must finish (`simulate` reports deadlocks).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from mpipipe.schedules.grid import ScheduleError, step_grid
+from mpipipe.schedules.ops import Op, OpType
+from mpipipe.schedules.schedule import Schedule
+from mpipipe.schedules.simulate import simulate
+
+_SHOWN_PROBLEMS = 3
+
+
+def validate(schedule: Schedule) -> Schedule:
+    """Return `schedule` unchanged, or raise a ScheduleError saying what is wrong and where."""
+    check_ops(schedule)
+    simulate(schedule)
+    return schedule
+
+
+def check_ops(schedule: Schedule) -> None:
+    """The structural checks of the module docstring, without running the schedule."""
+    if len(schedule.ops) != schedule.ranks:
+        raise ScheduleError(
+            f"{schedule.kind} schedule has op lists for {len(schedule.ops)} ranks, "
+            f"but {schedule.ranks} pipeline ranks"
+        )
+    placement = schedule.placement
+    split = schedule.split_backward
+    backward_types = (
+        (OpType.BACKWARD_INPUT, OpType.BACKWARD_WEIGHT) if split else (OpType.BACKWARD,)
+    )
+    pipe_of = _pipe_of_microbatch(schedule)
+    problems: list[tuple[tuple[int, int] | None, str]] = []  # (cell, what is wrong)
+    seen: dict[Op, tuple[int, int]] = {}
+    for rank, rank_ops in enumerate(schedule.ops):
+        for step, op in enumerate(rank_ops):
+            problem = _op_problem(schedule, rank, op, backward_types, pipe_of)
+            if problem:
+                problems.append(((rank, step), problem))
+            if op in seen:
+                first_rank, first_step = seen[op]
+                problems.append(
+                    ((rank, step), f"{op} runs twice (rank {first_rank} step {first_step}, "
+                                   f"rank {rank} step {step})")
+                )
+            seen.setdefault(op, (rank, step))
+    for microbatch in range(schedule.microbatches):
+        pipe = pipe_of.get(microbatch, 0)
+        for stage in range(schedule.stages):
+            for op_type in (OpType.FORWARD, *backward_types):
+                op = Op(op_type, stage, microbatch, pipe)
+                if op not in seen:
+                    holder = placement.rank_of_chunk.get(op.chunk)
+                    where = f"rank {holder}" if holder is not None else "no rank holds that stage"
+                    problems.append((None, f"{op} ({_describe(op)}) is missing from {where}"))
+    problems += _sync_problems(schedule, backward_types)
+    if problems:
+        shown = "; ".join(text for _, text in problems[:_SHOWN_PROBLEMS])
+        more = len(problems) - _SHOWN_PROBLEMS
+        suffix = f" (and {more} more problems)" if more > 0 else ""
+        marks = {cell: text for cell, text in problems if cell is not None}
+        raise ScheduleError(
+            f"{schedule.kind} schedule is invalid: {shown}{suffix}", step_grid(schedule.ops, marks)
+        )
+
+
+def _op_problem(
+    schedule: Schedule,
+    rank: int,
+    op: Op,
+    backward_types: tuple[OpType, ...],
+    pipe_of: dict[int, int],
+) -> str | None:
+    """What is wrong with `op` where it stands on `rank`, if anything."""
+    owner = schedule.placement.rank_of_chunk.get(op.chunk)
+    if owner is None:
+        return f"{op} on rank {rank}: no rank holds {_chunk_name(op)}"
+    if owner != rank:
+        return f"{op} runs on rank {rank}, but {_chunk_name(op)} is on rank {owner}"
+    if op.type is OpType.SYNC:
+        return None
+    if op.type is not OpType.FORWARD and op.type not in backward_types:
+        kinds = "I and W" if OpType.BACKWARD_INPUT in backward_types else "B"
+        return f"{op} on rank {rank}: this schedule's backwards are {kinds} ops"
+    if not 0 <= op.microbatch < schedule.microbatches:
+        return (
+            f"{op} on rank {rank}: micro-batch {op.microbatch} is outside "
+            f"0..{schedule.microbatches - 1}"
+        )
+    if pipe_of[op.microbatch] != op.pipe:
+        pipe = _pipe_name(pipe_of[op.microbatch])
+        return f"{op} on rank {rank}: micro-batch {op.microbatch} entered the {pipe} pipe"
+    return None
+
+
+def _sync_problems(schedule: Schedule, backward_types: tuple[OpType, ...]) -> list:
+    problems = []
+    for rank, rank_ops in enumerate(schedule.ops):
+        for pipe, stage in schedule.placement.chunks_on(rank):
+            sync = Op(OpType.SYNC, stage, pipe=pipe)
+            steps = [step for step, op in enumerate(rank_ops) if op == sync]
+            last_backward = max(
+                (
+                    step
+                    for step, op in enumerate(rank_ops)
+                    if op.chunk == (pipe, stage) and op.type in backward_types
+                ),
+                default=-1,
+            )
+            if not steps:
+                problems.append(
+                    (None, f"rank {rank} never starts the gradient sync of {_chunk_name(sync)}: "
+                           f"add {sync} after its last backward")
+                )
+            elif steps[0] < last_backward:
+                problems.append(
+                    ((rank, steps[0]), f"{sync} on rank {rank} comes before that chunk's last "
+                                       f"backward {rank_ops[last_backward]} (step {last_backward})")
+                )
+    return problems
+
+
+def _pipe_of_microbatch(schedule: Schedule) -> dict[int, int]:
+    """Each micro-batch's pipe: the one most of its ops name (so one stray op stands out)."""
+    votes: dict[int, Counter] = {}
+    for rank_ops in schedule.ops:
+        for op in rank_ops:
+            if op.type is not OpType.SYNC:
+                votes.setdefault(op.microbatch, Counter())[op.pipe] += 1
+    return {
+        microbatch: max(sorted(counter), key=counter.__getitem__)
+        for microbatch, counter in votes.items()
+    }
+
+
+def _pipe_name(pipe: int) -> str:
+    return "up" if pipe == 1 else "down"
+
+
+def _chunk_name(op: Op) -> str:
+    return f"stage {op.stage} of the {_pipe_name(op.pipe)} pipe"
+
+
+def _describe(op: Op) -> str:
+    names = {
+        OpType.FORWARD: "forward",
+        OpType.BACKWARD: "backward",
+        OpType.BACKWARD_INPUT: "input-gradient backward",
+        OpType.BACKWARD_WEIGHT: "weight-gradient backward",
+    }
+    return f"{names[op.type]} of micro-batch {op.microbatch} at {_chunk_name(op)}"

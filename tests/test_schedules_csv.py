@@ -1,0 +1,109 @@
+"""CSV export and import, and the validator's complaints about hand-written schedules."""
+
+import pytest
+
+from mpipipe.errors import UsageError
+from mpipipe.schedules import SCHEDULE_KINDS, ScheduleError, build_schedule, simulate, validate
+from mpipipe.schedules.csv_io import from_csv, to_csv
+from mpipipe.schedules.ops import Op
+
+
+@pytest.mark.parametrize("kind", SCHEDULE_KINDS)
+def test_round_trip(kind):
+    schedule = build_schedule(kind, 4, 8)
+    again = from_csv(to_csv(schedule))
+    assert again.ops == schedule.ops
+    assert again.placement == schedule.placement
+    assert (again.kind, again.ranks, again.microbatches, again.options) == (
+        kind,
+        4,
+        8,
+        schedule.options,
+    )
+
+
+def test_exported_rows_are_the_ranks_op_strings():
+    schedule = build_schedule("chimera", 2, 2)
+    lines = to_csv(schedule).splitlines()
+    assert lines[0].startswith("#") and "kind=chimera" in lines[0]
+    rows = [",".join([str(rank)] + [str(op) for op in schedule.ops[rank]]) for rank in (0, 1)]
+    assert lines[2:] == rows
+
+
+HAND_WRITTEN = """\
+rank 1, 1F0, 1B0, 1F1, 1B1
+rank 0, 0F0, 0F1, 0B0, , 0B1
+"""
+
+
+def test_user_csv_infers_placement_and_adds_syncs():
+    schedule = from_csv(HAND_WRITTEN, source="mine.csv")
+    assert schedule.kind == "custom"
+    assert (schedule.ranks, schedule.microbatches, schedule.stages) == (2, 2, 2)
+    assert schedule.placement.rank_of_chunk == {(0, 0): 0, (0, 1): 1}
+    assert [str(op) for op in schedule.ops[0]] == ["0F0", "0F1", "0B0", "0B1", "0SYNC"]
+    assert simulate(schedule).makespan == simulate(build_schedule("1f1b", 2, 2)).makespan
+
+
+def test_user_csv_without_rank_column_and_with_up_pipe():
+    text = "u1F0,u1B0\nu0F0,u0B0\n"  # the up pipe enters on rank 1 here
+    schedule = from_csv(text)
+    assert schedule.placement.rank_of_chunk == {(1, 0): 1, (1, 1): 0}
+    assert schedule.pipe_of_microbatch() == {0: 1}
+
+
+def test_missing_backward_is_named():
+    text = HAND_WRITTEN.replace(" 1B1", "")
+    with pytest.raises(ScheduleError) as caught:
+        from_csv(text, source="mine.csv")
+    message = str(caught.value)
+    assert "\n" not in message
+    missing = "1B1 (backward of micro-batch 1 at stage 1 of the down pipe) is missing from rank 1"
+    assert missing in message
+
+
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("0F0,0B0,0F0\n", ["0F0 runs twice"]),
+        ("0F0,0B0\n1F0,1B0,0B0\n", ["stage 0 of the down pipe has ops on ranks 0 and 1"]),
+        ("0F0,0X0\n", ["line 1", "cannot read op '0X0'"]),
+        ("# mpipipe schedule kind=1f1b ranks=3\n0F0,0B0\n", ["ranks=3", "rows give 1"]),
+        ("rank 0,0F0,0B0\n0F1,0B1\n", ["label every row"]),
+        ("", ["no ops found"]),
+        ("0F0,0B0\n1F0,1I0,1W0\n", ["0B0 on rank 0", "backwards are I and W ops"]),
+        (
+            "0F0,0SYNC,0B0\n1F0,1B0,1SYNC\n",
+            ["0SYNC on rank 0 comes before that chunk's last backward 0B0"],
+        ),
+    ],
+)
+def test_bad_csv_is_rejected_in_one_line(text, words):
+    with pytest.raises(UsageError) as caught:
+        from_csv(text)
+    message = str(caught.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_validator_marks_the_cell():
+    schedule = build_schedule("1f1b", 2, 2)
+    schedule.ops[0][1] = Op.parse("1F1")  # rank 0 runs a stage that lives on rank 1
+    with pytest.raises(ScheduleError) as caught:
+        validate(schedule)
+    assert "1F1 runs on rank 0, but stage 1 of the down pipe is on rank 1" in str(caught.value)
+    assert "[1F1]" in caught.value.report and "<-- ERROR HERE" in caught.value.report
+
+
+def test_validator_names_wrong_pipe_and_unknown_microbatch():
+    schedule = build_schedule("chimera", 2, 2)
+    rank_ops = schedule.ops[1]
+    rank_ops[rank_ops.index(Op.parse("1F0"))] = Op.parse("u0F0")  # micro-batch 0 goes down
+    rank_ops[rank_ops.index(Op.parse("u0B1"))] = Op.parse("u0B5")
+    with pytest.raises(ScheduleError) as caught:
+        validate(schedule)
+    message = str(caught.value)
+    assert "u0F0 on rank 1: micro-batch 0 entered the down pipe" in message
+    assert "u0B5 on rank 1: micro-batch 5 is outside 0..1" in message
+    assert "1F0 (forward of micro-batch 0 at stage 1 of the down pipe) is missing" in message

@@ -1,0 +1,132 @@
+"""Every generator: complete, well placed, eagerly synced, deadlock-free; bad sizes rejected."""
+
+from collections import Counter
+
+import pytest
+
+from mpipipe.errors import UsageError
+from mpipipe.schedules import (
+    SCHEDULE_KINDS,
+    build_schedule,
+    check_constraints,
+    simulate,
+    stage_count,
+)
+from mpipipe.schedules.ops import Op, OpType
+
+SIZES = [(ranks, ranks * factor) for ranks in (2, 4, 8, 16) for factor in (1, 2, 4)]
+
+
+def expected_placement(kind: str, ranks: int, chunks: int) -> dict[tuple[int, int], int]:
+    """The placements the issue spells out, written independently of the generators."""
+    if kind in ("gpipe", "1f1b", "zb-h1"):
+        return {(0, stage): stage for stage in range(ranks)}
+    if kind == "interleaved":
+        return {(0, rank + chunk * ranks): rank for rank in range(ranks) for chunk in range(chunks)}
+    if kind == "chimera":
+        down = {(0, stage): stage for stage in range(ranks)}
+        return down | {(1, stage): ranks - 1 - stage for stage in range(ranks)}
+    if kind == "zb-v":
+        first = {(0, rank): rank for rank in range(ranks)}
+        return first | {(0, 2 * ranks - 1 - rank): rank for rank in range(ranks)}
+    placement = {}
+    for rank in range(ranks):  # bitpipe, DESIGN.md's table
+        placement |= {(0, rank): rank, (1, ranks - 1 - rank): rank}
+        placement |= {(0, 2 * ranks - 1 - rank): rank, (1, ranks + rank): rank}
+    return placement
+
+
+def check_complete(schedule) -> None:
+    ranks, microbatches = schedule.ranks, schedule.microbatches
+    placement = expected_placement(schedule.kind, ranks, schedule.options.get("chunks", 2))
+    assert schedule.placement.rank_of_chunk == placement
+    stages = 1 + max(stage for _, stage in placement)
+    pipes = 1 + max(pipe for pipe, _ in placement)
+    split = schedule.kind in ("zb-h1", "zb-v")
+    backward_types = [OpType.BACKWARD_INPUT, OpType.BACKWARD_WEIGHT] if split else [OpType.BACKWARD]
+    counts = Counter(op for rank_ops in schedule.ops for op in rank_ops)
+    assert all(count == 1 for count in counts.values())
+    # Micro-batches split evenly between the pipes, D/2 of each unit of D per pipe.
+    pipe_of = {m: (m % ranks) * pipes // ranks for m in range(microbatches)}
+    expected = {
+        Op(op_type, stage, m, pipe_of[m])
+        for m in range(microbatches)
+        for stage in range(stages)
+        for op_type in [OpType.FORWARD, *backward_types]
+    }
+    assert {op for op in counts if op.type is not OpType.SYNC} == expected
+    for rank, rank_ops in enumerate(schedule.ops):
+        for op in rank_ops:
+            assert placement[op.chunk] == rank, f"{op} on rank {rank}"
+        held = sorted(chunk for chunk, owner in placement.items() if owner == rank)
+        syncs = [(index, op) for index, op in enumerate(rank_ops) if op.type is OpType.SYNC]
+        assert sorted(op.chunk for _, op in syncs) == held
+        for index, sync in syncs:
+            last = max(
+                i
+                for i, op in enumerate(rank_ops)
+                if op.chunk == sync.chunk and op.type in backward_types
+            )
+            assert index == last + 1, f"{sync} on rank {rank} not right after {rank_ops[last]}"
+
+
+@pytest.mark.parametrize("kind", SCHEDULE_KINDS)
+@pytest.mark.parametrize("ranks,microbatches", SIZES)
+def test_generator_is_complete_and_runs(kind, ranks, microbatches):
+    schedule = build_schedule(kind, ranks, microbatches)
+    assert schedule.stages == stage_count(kind, ranks)
+    check_complete(schedule)
+    simulation = simulate(schedule)
+    busy_ops = sum(op.type is not OpType.SYNC for rank_ops in schedule.ops for op in rank_ops)
+    assert sum(len(rank_ops) for rank_ops in simulation.timeline) == busy_ops + sum(
+        len(schedule.placement.chunks_on(rank)) for rank in range(ranks)
+    )
+
+
+@pytest.mark.parametrize("chunks", [3, 4])
+def test_interleaved_more_chunks(chunks):
+    schedule = build_schedule("interleaved", 4, 8, chunks=chunks)
+    assert schedule.stages == 4 * chunks
+    check_complete(schedule)
+
+
+@pytest.mark.parametrize("kind", ["gpipe", "1f1b", "zb-h1"])
+@pytest.mark.parametrize("microbatches", [1, 3])
+def test_single_rank_holds_the_whole_model(kind, microbatches):
+    schedule = build_schedule(kind, 1, microbatches)
+    assert schedule.stages == 1
+    check_complete(schedule)
+    assert simulate(schedule).bubble == [0.0]
+
+
+@pytest.mark.parametrize("kind", ["gpipe", "1f1b", "zb-h1", "zb-v"])
+def test_fewer_microbatches_than_ranks(kind):
+    check_complete(build_schedule(kind, 4, 3 if kind != "zb-v" else 2))
+
+
+@pytest.mark.parametrize(
+    "kind,ranks,microbatches,chunks,words",
+    [
+        ("bitpipe", 3, 6, 2, ["parallel.pipeline", "even", "got 3", "2, 4, 6"]),
+        ("chimera", 1, 4, 2, ["parallel.pipeline", "even", "got 1"]),
+        ("zb-v", 5, 10, 2, ["parallel.pipeline", "even", "got 5"]),
+        ("bitpipe", 4, 6, 2, ["parallel.microbatches", "multiple of the pipeline degree 4", "got 6",
+                              "4, 8, 12"]),
+        ("chimera", 4, 2, 2, ["parallel.microbatches", "got 2"]),
+        ("interleaved", 4, 6, 2, ["parallel.microbatches", "got 6"]),
+        ("interleaved", 4, 8, 1, ["parallel.chunks", "at least 2", "got 1"]),
+        ("1f1b", 0, 4, 2, ["parallel.pipeline", "got 0"]),
+        ("gpipe", 2, -1, 2, ["parallel.microbatches", "got -1"]),
+        ("1f1b", 2, 4, 0, ["parallel.chunks", "got 0"]),
+        ("bitpip", 4, 4, 2, ["parallel.schedule", "'bitpipe'"]),
+    ],
+)
+def test_bad_parameters_name_the_constraint(kind, ranks, microbatches, chunks, words):
+    with pytest.raises(UsageError) as caught:
+        check_constraints(kind, ranks, microbatches, chunks)
+    message = str(caught.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+    with pytest.raises(UsageError):
+        build_schedule(kind, ranks, microbatches, chunks)
