@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from mpi4py import MPI
 
 from mpipipe.backend import Backend
-from mpipipe.runtime.watchdog import Watchdog, WaitInfo
+from mpipipe.runtime.watchdog import WaitInfo, Watchdog
 
 
 class BufferPool:
