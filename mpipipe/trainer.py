@@ -6,13 +6,27 @@
 
 The same object serves the `mpipipe train` command, the Python API and the
 tests (which run several layouts side by side on sub-communicators).
+
+Checkpoints (with a run folder): `run` saves every checkpoint.every steps,
+at the end of training, and when a stop was requested (SIGTERM on any rank,
+see `request_stop`), after which it returns with `preempted` set. `resume`
+loads a checkpoint of any layout and continues exactly where it left off.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
+from mpipipe.checkpoint.folder import checkpoint_name, prune, remove_partials
+from mpipipe.checkpoint.load import load_checkpoint, resolve_resume
+from mpipipe.checkpoint.save import (
+    RunState,
+    SavedCheckpoint,
+    save_checkpoint,
+    use_parallel_hdf5,
+)
 from mpipipe.engine import Engine, StepStats
 from mpipipe.metrics import MetricsWriter
 from mpipipe.optim import ParamGroup, build_optimizer, clip_coefficient, learning_rate
@@ -48,6 +62,7 @@ class Trainer:
         cuda_aware: bool = False,
         compute_factory=None,
         verbose: bool = True,
+        resuming: bool = False,
     ):
         self.plan = plan
         self.config = plan.config
@@ -84,8 +99,17 @@ class Trainer:
             faults=FaultInjector(self.rank),
         )
         self.step = 0
+        self.stop_requested = False  # learnt by every rank at the end of a step
+        self.preempted = False  # run() saved and returned early because of a stop request
+        self.parallel_checkpoints = use_parallel_hdf5(self.config.checkpoint.parallel)
+        self.checkpoint_dir = (
+            os.path.join(out_dir, self.config.checkpoint.dir) if out_dir is not None else None
+        )
+        self._saved_step: int | None = None
         writes = out_dir is not None and self.rank == 0
-        self.metrics = MetricsWriter(os.path.join(out_dir, "metrics.jsonl") if writes else None)
+        self.metrics_path = os.path.join(out_dir, "metrics.jsonl") if writes else None
+        # A resumed run keeps the metrics of the steps before its checkpoint.
+        self.metrics = MetricsWriter(self.metrics_path, append=resuming)
         self.verbose = verbose and self.rank == 0
 
     def train_step(self) -> dict:
@@ -94,6 +118,7 @@ class Trainer:
         learning = learning_rate(self.step, optim, self.config.train.steps)
         started = time.perf_counter()
         stats = self.engine.forward_backward(self.step)
+        self.stop_requested = stats.stop_requested
         applied = stats.finite
         if not stats.finite:
             self._on_non_finite(stats)
@@ -140,15 +165,106 @@ class Trainer:
         }
 
     def run(self, steps: int | None = None, progress: Progress | None = None) -> list[dict]:
-        """Train until config.train.steps (or `steps` more); returns the metrics rows."""
+        """Train until config.train.steps (or `steps` more); returns the metrics rows.
+
+        With a run folder it also saves checkpoints: every checkpoint.every steps, at the
+        end of training, and after the step in which a stop was requested (then it
+        returns early with `preempted` set).
+        """
         last = self.config.train.steps if steps is None else self.step + steps
+        every = self.config.checkpoint.every
         rows = []
         while self.step < last:
             row = self.train_step()
             rows.append(row)
             if progress is not None:
                 progress.update(row, last=self.step == last)
+            if self.stop_requested:
+                self._save_in_run_folder(progress, why="stop requested")
+                self.preempted = True
+                return rows
+            if every and self.step % every == 0:
+                self._save_in_run_folder(progress, why=f"every {every} steps")
+        if self.step == self.config.train.steps:
+            self._save_in_run_folder(progress, why="end of training")
         return rows
+
+    def request_stop(self) -> None:
+        """Save and stop at the end of the current step (safe to call from a signal handler)."""
+        self.engine.stop_requested = True
+
+    def run_state(self) -> RunState:
+        return RunState(self.comm, self.plan, self.store, self.optimizer, self.step)
+
+    def save_checkpoint(self, path: str) -> SavedCheckpoint:
+        """Write a checkpoint of this step to `path` (collective)."""
+        saved = save_checkpoint(
+            self.run_state(), path, parallel=self.parallel_checkpoints, faults=self.engine.faults
+        )
+        self._saved_step = self.step
+        return saved
+
+    def _save_in_run_folder(self, progress: Progress | None, why: str) -> None:
+        folder = self.checkpoint_dir
+        if folder is None or self._saved_step == self.step:
+            return
+        if self.rank == 0:
+            os.makedirs(folder, exist_ok=True)
+        self.comm.Barrier()
+        saved = self.save_checkpoint(os.path.join(folder, checkpoint_name(self.step)))
+        if self.rank == 0:
+            prune(folder, self.config.checkpoint.keep)
+            remove_partials(folder)
+        megabytes = saved.nbytes / 1e6
+        self._say(
+            f"checkpoint ({why}): step {self.step} to {saved.path}, {megabytes:.1f} MB in "
+            f"{saved.seconds:.2f} s ({megabytes / max(saved.seconds, 1e-9):.0f} MB/s)",
+            progress,
+        )
+
+    def resume(self, spec: str) -> str:
+        """Load the checkpoint `spec` names ('latest', a folder or a file); returns its path.
+
+        Collective. Raises UsageError on every rank where something is wrong with the file;
+        callers agree on the outcome (failure.agree_on_setup) so no rank is left waiting.
+        """
+        point = resolve_resume(spec, self.checkpoint_dir, self.comm)
+        for removed in point.removed_partials:
+            self._say(f"removed {removed}: the partial file of a save that did not finish")
+        loaded = load_checkpoint(self.run_state(), point.path)
+        self.step = self._saved_step = loaded.step
+        if self.metrics_path is not None:
+            self._drop_metrics_from(loaded.step)
+        self._say(f"resumed from {loaded.path} at step {loaded.step}")
+        if not loaded.same_data:
+            self._say(
+                f"mpipipe: warning: the data settings differ from the checkpoint's, so the data "
+                f"order does not continue exactly (checkpoint: {loaded.data})"
+            )
+        return loaded.path
+
+    def _drop_metrics_from(self, step: int) -> None:
+        """Forget metrics rows of steps at or after `step` (they are trained again)."""
+        self.metrics.close()
+        if os.path.exists(self.metrics_path):
+            kept = []
+            with open(self.metrics_path) as handle:
+                for line in handle:
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue  # a line cut short by a crash
+                    if row["step"] < step:
+                        kept.append(line.rstrip("\n") + "\n")
+            with open(self.metrics_path, "w") as handle:
+                handle.writelines(kept)
+        self.metrics = MetricsWriter(self.metrics_path, append=True)
+
+    def _say(self, text: str, progress: Progress | None = None) -> None:
+        if progress is not None:
+            progress.message(text)
+        elif self.verbose:
+            print(text, flush=True)
 
     def finish(self) -> None:
         """Write the trace and close files (collective: every rank calls it)."""

@@ -1,11 +1,20 @@
-"""`mpipipe train CONFIG`: train under MPI (mpirun/srun decide the number of ranks)."""
+"""`mpipipe train CONFIG`: train under MPI (mpirun/srun decide the number of ranks).
+
+Preemption: SIGTERM on any rank (Slurm's `--signal=TERM@120` with srun, a PBS
+pre-kill signal, or `kill -TERM` of one rank) makes every rank finish the
+current step, save a checkpoint and exit with EXIT_PREEMPTED (75); the next
+job continues with `--resume latest`. The signal must reach the ranks with
+time to save: Open MPI's mpirun, signalled itself, passes SIGTERM on but
+kills the ranks one second later (its odls_base_sigkill_timeout).
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
-from mpipipe.errors import EXIT_USAGE, UsageError
+from mpipipe.errors import EXIT_PREEMPTED, EXIT_USAGE, UsageError
 
 # Launchers' variables for this process's world rank, read before MPI starts.
 WORLD_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
@@ -38,6 +47,12 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--out", default=None, help="run folder for metrics.jsonl, trace.json and checkpoints "
         "(default: runs/<config file name>)"
+    )
+    parser.add_argument(
+        "--resume", default=None, metavar="latest|PATH",
+        help="continue from a checkpoint: 'latest' (the newest complete one in the run folder; "
+        "exit 2 when there is none), a checkpoint file, or a folder of them. The layout "
+        "(schedule, pipeline and data-parallel degree) may differ from the saved run's",
     )
     parser.set_defaults(func=run)
 
@@ -76,6 +91,7 @@ def run(args) -> int:
 
     from mpi4py import MPI
 
+    from mpipipe.checkpoint.save import FALLBACK_WARNING, use_parallel_hdf5
     from mpipipe.plan import plan_run
     from mpipipe.progress import Progress
     from mpipipe.runtime.cuda_aware import resolve_cuda_aware
@@ -93,8 +109,11 @@ def run(args) -> int:
 
     def setup():
         plan = plan_run(config, comm.Get_size(), rank)
+        parallel_checkpoints = use_parallel_hdf5(config.checkpoint.parallel)
         if rank == 0:
             prepare_out_dir(out_dir)
+            if config.checkpoint.parallel == "auto" and not parallel_checkpoints:
+                print(FALLBACK_WARNING, file=sys.stderr, flush=True)
         return plan
 
     with abort_on_exception(comm):
@@ -105,8 +124,15 @@ def run(args) -> int:
         cuda_aware = resolve_cuda_aware(
             config.runtime.cuda_aware, backend.is_gpu, MPI.Get_library_version()
         )
-        trainer = Trainer(plan, comm=comm, backend=backend, out_dir=out_dir, cuda_aware=cuda_aware)
+        trainer = Trainer(plan, comm=comm, backend=backend, out_dir=out_dir, cuda_aware=cuda_aware,
+                          resuming=args.resume is not None)
+        if args.resume is not None:
+            try:
+                agree_on_setup(comm, lambda: trainer.resume(args.resume))
+            except SetupFailed:
+                return EXIT_USAGE
         trainer.watchdog.install_signal_handler()
+        signal.signal(signal.SIGTERM, lambda signum, frame: trainer.request_stop())
         progress = Progress(config.train.steps, trainer.step, config.train.log_every, rank == 0)
         progress.message(_banner(plan, backend, comm.Get_size(), out_dir))
         try:
@@ -118,6 +144,12 @@ def run(args) -> int:
             return stop.exit_code
         progress.close()
         trainer.finish()
+        if trainer.preempted:
+            progress.message(
+                f"stopped on request (SIGTERM) after step {trainer.step} and saved it; run the "
+                "same command with --resume latest to continue"
+            )
+            return EXIT_PREEMPTED
         progress.message(f"done: metrics in {os.path.join(out_dir, 'metrics.jsonl')}")
     return 0
 

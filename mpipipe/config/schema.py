@@ -112,6 +112,10 @@ class CheckpointConfig:
                         minimum=0)
     keep: int = option(3, "checkpoints kept; older ones are deleted", minimum=1)
     dir: str = option("checkpoints", "folder for checkpoints, relative to the run folder")
+    parallel: str = option(
+        "auto", "write with parallel HDF5 (h5py's mpio driver) where h5py has it; no: rank 0 "
+        "gathers and writes", ("auto", "yes", "no"),
+    )
 
 
 @dataclass

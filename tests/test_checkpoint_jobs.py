@@ -1,0 +1,208 @@
+"""Whole `mpipipe train` jobs on 4 ranks: crashes, preemption and bad checkpoint files.
+
+- SIGKILL of every rank in the middle of a save (held there by the test-only
+  MPIPIPE_FAULT=pause-in-save switch): `--resume latest` loads the previous
+  complete checkpoint, removes the partial file, and repeats the lost steps
+  with the same losses.
+- SIGTERM to one rank: every rank saves at the end of that step and exits 75.
+- A truncated file, flipped bytes, an unknown format version, another
+  model's checkpoint: one error line, exit 2 on every rank, no hang.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import h5py
+import pytest
+
+from mpipipe.checkpoint.folder import PARTIAL_SUFFIX, checkpoint_name
+
+from mpirun import (
+    EVERY_RANK_EXITS_ITSELF,
+    MPIRUN,
+    RANK_WRAPPER,
+    REPO,
+    JobResult,
+    mpipipe_args,
+    run_ranks,
+)
+
+TINY = [
+    "examples/gpt_tiny.toml",
+    "--set", "model.n_layer=8", "--set", "model.d_model=32", "--set", "model.seq_len=16",
+    "--set", "data.source=random", "--set", "parallel.schedule=bitpipe",
+    "--set", "runtime.trace=false",
+]
+JOB_MARKER = "MPIPIPE_TEST_JOB"
+
+
+def train(run_dir, *extra) -> list[str]:
+    return mpipipe_args("train", *TINY, "--out", str(run_dir), *extra)
+
+
+def metrics(run_dir) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines(keepends=True)
+            if line.endswith("\n")]
+
+
+def start_job(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """Start a 4-rank job in the background; returns it and the marker its ranks carry."""
+    marker = uuid.uuid4().hex
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MPIPIPE_PROGRESS": "log",
+                   **EVERY_RANK_EXITS_ITSELF, JOB_MARKER: marker, **env}
+    command = ["bash", str(MPIRUN), "-n", "4", "bash", "-c", RANK_WRAPPER, "rank",
+               sys.executable, *args]
+    job = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    return job, marker
+
+
+def rank_pids(marker: str) -> dict[int, int]:
+    """World rank -> pid of the Python processes of the job carrying `marker`."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                variables = dict(item.split(b"=", 1) for item in handle.read().split(b"\0")
+                                 if b"=" in item)
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                program = handle.read().split(b"\0")[0]
+        except OSError:
+            continue
+        rank = variables.get(b"OMPI_COMM_WORLD_RANK")
+        is_python = os.path.basename(program).startswith(b"python")
+        if variables.get(JOB_MARKER.encode()) == marker.encode() and rank and is_python:
+            found[int(rank)] = int(entry)
+    return found
+
+
+def wait_for(condition, job, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if job.poll() is not None or time.monotonic() > deadline:
+            job.kill()
+            stdout, stderr = job.communicate()
+            pytest.fail(f"{what} did not happen:\n{stdout[-1500:]}\n{stderr[-1500:]}")
+        time.sleep(0.1)
+
+
+def test_sigkill_in_the_middle_of_a_save_resumes_from_the_previous_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    folder = run_dir / "checkpoints"
+    args = train(run_dir, "--set", "checkpoint.every=2", "--set", "train.steps=6")
+    partial = folder / (checkpoint_name(4) + PARTIAL_SUFFIX)
+    job, marker = start_job(args, {"MPIPIPE_FAULT": "pause-in-save,rank=1,step=4"})
+    try:
+        wait_for(partial.exists, job, "the save of step 4")
+        time.sleep(0.5)  # rank 1 is held in the save; the others wait for it
+        pids = rank_pids(marker)
+        assert sorted(pids) == [0, 1, 2, 3]
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+        job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    assert sorted(os.listdir(folder)) == [checkpoint_name(2), partial.name]
+    before_crash = metrics(run_dir)
+    assert [row["step"] for row in before_crash] == [0, 1, 2, 3]
+
+    result = run_ranks(4, [*args, "--resume", "latest"], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resumed from {folder / checkpoint_name(2)} at step 2" in result.stdout
+    assert f"removed {partial}" in result.stdout
+    assert sorted(os.listdir(folder)) == [checkpoint_name(step) for step in (2, 4, 6)]
+    after = metrics(run_dir)
+    assert [row["step"] for row in after] == list(range(6))
+    assert [row["loss"] for row in after[:4]] == [row["loss"] for row in before_crash]
+
+
+def test_sigterm_on_one_rank_saves_and_every_rank_exits_75_then_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    args = train(run_dir, "--set", "train.steps=100000")
+    job, marker = start_job(args, {})
+    try:
+        wait_for(lambda: len(metrics(run_dir)) >= 2, job, "two training steps")
+        os.kill(rank_pids(marker)[2], signal.SIGTERM)
+        stdout, stderr = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    exits = JobResult(job.returncode, stdout, stderr, 0.0).rank_exits
+    assert exits == {0: 75, 1: 75, 2: 75, 3: 75}, stderr[-2000:]
+    step = len(metrics(run_dir))
+    assert os.listdir(run_dir / "checkpoints") == [checkpoint_name(step)]
+    assert "stopped on request (SIGTERM)" in stdout
+
+    result = run_ranks(4, [*args, "--set", f"train.steps={step + 2}", "--resume", "latest"],
+                       timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"at step {step}" in result.stdout
+    assert [row["step"] for row in metrics(run_dir)] == list(range(step + 2))
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("saved") / "run"
+    result = run_ranks(4, train(run_dir, "--set", "train.steps=2"), timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir / "checkpoints" / checkpoint_name(2)
+
+
+def _truncate(path) -> None:
+    with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) // 2)
+
+
+def _flip_a_parameter(path) -> None:
+    with h5py.File(path, "r") as file:
+        dataset = file["model/3"][sorted(file["model/3"])[0]]
+        offset = dataset.id.get_offset() + dataset.nbytes // 2
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        value = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([value ^ 0x5A]))
+
+
+def _bump_version(path) -> None:
+    with h5py.File(path, "r+") as file:
+        file.attrs["format_version"] = 7
+
+
+@pytest.mark.parametrize(("damage", "overrides", "fragment"), [
+    (_truncate, [], "cannot be read as HDF5"),
+    (_flip_a_parameter, [], "fails its checksum"),
+    (_bump_version, [], "has format version 7, this mpipipe"),
+    (None, ["--set", "model.d_model=64"], "in the file but the model needs"),
+], ids=["truncated", "flipped-bytes", "unknown-version", "other-shapes"])
+def test_bad_checkpoint_fails_on_every_rank_with_one_line(
+    good_checkpoint, tmp_path, damage, overrides, fragment
+):
+    path = tmp_path / "bad.h5"
+    shutil.copy(good_checkpoint, path)
+    if damage is not None:
+        damage(path)
+    result = run_ranks(4, train(tmp_path / "run", *overrides, "--resume", str(path)),
+                       timeout=120, env=EVERY_RANK_EXITS_ITSELF)
+    assert result.rank_exits == {0: 2, 1: 2, 2: 2, 3: 2}, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mpipipe: error")]
+    assert len(errors) == 1 and fragment in errors[0] and str(path) in errors[0], errors
+    if damage is _flip_a_parameter:
+        verified = subprocess.run([sys.executable, *mpipipe_args("ckpt", "verify", str(path))],
+                                  capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert verified.returncode == 1
+        assert "dataset /model/3/" in verified.stderr and "fails its checksum" in verified.stderr

@@ -1,0 +1,23 @@
+"""Training really learns: the tiny GPT example on one CPU rank, as README shows it."""
+
+import json
+import os
+import subprocess
+import sys
+
+from mpirun import REPO
+
+
+def test_gpt_tiny_loss_falls_by_40_percent_within_300_steps(tmp_path):
+    run_dir = tmp_path / "run"
+    environment = {**os.environ, "OMP_NUM_THREADS": "2", "MPIPIPE_PROGRESS": "log"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "mpipipe", "train", "examples/gpt_tiny.toml", "--out", str(run_dir)],
+        cwd=REPO, env=environment, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").open()]
+    assert len(losses) == 300
+    # Average a few steps at each end: single micro-batch losses are noisy.
+    start, end = sum(losses[:5]) / 5, sum(losses[-20:]) / 20
+    assert end <= 0.6 * start, (start, end)
