@@ -8,13 +8,15 @@ import sys
 
 from mpipipe import __version__
 from mpipipe.errors import UsageError
-from mpipipe.threads import limit_blas_threads
 
 # Subcommand name -> module in mpipipe.commands providing register(subparsers).
 SUBCOMMANDS = {
     "train": "train",
     "schedule": "schedule",
     "config": "config",
+    "plot": "plot",
+    "ckpt": "ckpt",
+    "bench": "bench",
 }
 
 
@@ -32,7 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    limit_blas_threads()  # before any subcommand imports NumPy
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -3,24 +3,36 @@
 #
 # Usage: jobs/local/train.sh [-n RANKS] CONFIG [mpipipe train options ...]
 #   jobs/local/train.sh -n 4 examples/gpt_tiny.toml --set parallel.schedule=bitpipe
+#   jobs/local/train.sh -n 4 examples/gpt_tiny.toml --out runs/x && mpipipe plot runs/x
 #
-# Environment: MPIPIPE_WALLTIME (seconds, default 3600) bounds the whole run;
-# MPIPIPE_SKIP_SETUP=1 skips the set-up check.
+# Environment: MPIPIPE_WALLTIME (seconds, default 3600) bounds the whole run: when it
+# runs out, mpirun passes SIGTERM to the ranks (Open MPI: after
+# OMPI_MCA_odls_base_sigkill_timeout, default here 30 s), which save a checkpoint and
+# stop; continue with --resume latest. MPIPIPE_SKIP_SETUP=1 skips the set-up check.
+#
+# GPUs: with CuPy installed (pip install 'mpipipe[gpu]') runtime.device = "auto" puts
+# rank i on GPU (i mod GPUs). Messages between GPUs go through host memory unless the
+# MPI is CUDA-aware (runtime.cuda_aware; see jobs/slurm/train.sbatch for how to get one).
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 ranks=4
 if [ "${1:-}" = "-n" ]; then
-    ranks=$2
-    shift 2
+    ranks=${2:-}
+    shift 2 || true
 fi
-if [ $# -lt 1 ]; then
+if [ $# -lt 1 ] || ! [[ $ranks =~ ^[1-9][0-9]*$ ]]; then
     echo "usage: $0 [-n RANKS] CONFIG [--set section.key=value ...] [--out DIR]" >&2
     exit 2
 fi
 
 if [ "${MPIPIPE_SKIP_SETUP:-0}" != 1 ]; then
     bash "$repo_root/jobs/local/setup.sh"
+fi
+python=$repo_root/.venv/bin/python
+if [ ! -x "$python" ]; then
+    echo "mpipipe: error: $python is missing; run jobs/local/setup.sh (or unset MPIPIPE_SKIP_SETUP)" >&2
+    exit 2
 fi
 
 # A progress bar when this script writes to a terminal, log lines otherwise
@@ -29,6 +41,20 @@ if [ -t 1 ]; then export MPIPIPE_PROGRESS=${MPIPIPE_PROGRESS:-bar}; else export 
 
 # One BLAS thread per rank: the ranks themselves fill the cores.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
-exec timeout --kill-after=30 "${MPIPIPE_WALLTIME:-3600}" \
-    bash "$repo_root/jobs/local/mpirun.sh" -n "$ranks" \
-    "$repo_root/.venv/bin/python" -m mpipipe train "$@"
+# When the walltime runs out, timeout signals mpirun alone (--foreground); Open MPI's
+# mpirun waits odls_base_sigkill_timeout, passes SIGTERM to the ranks, and kills them
+# as long again later: that second wait is the ranks' time to save a checkpoint.
+save_s=${OMPI_MCA_odls_base_sigkill_timeout:-30}
+export OMPI_MCA_odls_base_sigkill_timeout=$save_s
+walltime=${MPIPIPE_WALLTIME:-3600}
+set +e
+timeout --foreground --kill-after=$((2 * save_s + 30)) "$walltime" \
+    bash "$repo_root/jobs/local/mpirun.sh" -n "$ranks" "$python" -m mpipipe train "$@"
+status=$?
+set -e
+if [ "$status" -eq 124 ] || [ "$status" -eq 75 ]; then
+    why="stopped with a checkpoint"
+    if [ "$status" -eq 124 ]; then why="MPIPIPE_WALLTIME=$walltime s ran out"; fi
+    echo "mpipipe: $why; continue with: $0 -n $ranks $* --resume latest" >&2
+fi
+exit "$status"

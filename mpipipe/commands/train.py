@@ -85,9 +85,7 @@ def run(args) -> int:
         config = load_config(args.config, args.set)
         backend = select_backend(config.runtime.device, config.runtime.dtype)
     except UsageError as error:
-        if launcher_rank() == 0:
-            print(f"mpipipe: error: {error}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
+        return _fail_on_every_rank(error)
 
     from mpi4py import MPI
 
@@ -163,3 +161,22 @@ def _banner(plan, backend, world_size: int, out_dir: str) -> str:
         f"{parallel.microbatches} micro-batches of {plan.config.data.microbatch_size}, "
         f"{backend.device} {backend.dtype.__name__}, run folder {out_dir}"
     )
+
+
+def _fail_on_every_rank(error: UsageError) -> int:
+    """Report a problem found before MPI started once, and end every rank together.
+
+    mpirun kills the other ranks as soon as one exits, so a message printed by
+    rank 0 alone could be lost; agreeing through MPI prints it once and lets
+    every rank leave through MPI_Finalize.
+    """
+    from mpi4py import MPI
+
+    from mpipipe.runtime.failure import SetupFailed, agree_on_setup
+
+    def raise_it():
+        raise error
+
+    with contextlib.suppress(SetupFailed):
+        agree_on_setup(MPI.COMM_WORLD, raise_it)
+    return EXIT_USAGE
