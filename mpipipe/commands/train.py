@@ -10,6 +10,7 @@ kills the ranks one second later (its odls_base_sigkill_timeout).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
