@@ -38,6 +38,9 @@ from mpipipe.runtime.params import ParamStore
 from mpipipe.runtime.timeline import Timeline, rank0_clock_offset, write_chrome_trace
 from mpipipe.runtime.watchdog import Watchdog
 
+# Assumed time of a save before the first one has been measured.
+SAVE_ESTIMATE_S = 10.0
+
 
 def optimizer_groups(store: ParamStore, weight_decay: float) -> list[ParamGroup]:
     """Two groups per bucket: the decayed matrices first, then the undecayed vectors."""
@@ -99,6 +102,8 @@ class Trainer:
             faults=FaultInjector(self.rank),
         )
         self.step = 0
+        self.started = time.monotonic()
+        self.slowest_save_s = 0.0
         self.stop_requested = False  # learnt by every rank at the end of a step
         self.preempted = False  # run() saved and returned early because of a stop request
         self.parallel_checkpoints = use_parallel_hdf5(self.config.checkpoint.parallel)
@@ -179,6 +184,7 @@ class Trainer:
             rows.append(row)
             if progress is not None:
                 progress.update(row, last=self.step == last)
+            self._stop_before_time_limit(row["step_time_s"])
             if self.stop_requested:
                 self._save_in_run_folder(progress, why="stop requested")
                 self.preempted = True
@@ -188,6 +194,20 @@ class Trainer:
         if self.step == self.config.train.steps:
             self._save_in_run_folder(progress, why="end of training")
         return rows
+
+    def _stop_before_time_limit(self, step_time_s: float) -> None:
+        """Ask for a stop while one more step and a save still fit in train.time_limit_s.
+
+        The request reaches every rank with the next step's statistics, so all ranks
+        stop after the same step, save and exit 75, whatever the launcher does.
+        """
+        limit = self.config.train.time_limit_s
+        if not limit or self.engine.stop_requested:
+            return
+        save_estimate = self.slowest_save_s or SAVE_ESTIMATE_S
+        remaining = limit - (time.monotonic() - self.started)
+        if remaining < 3 * step_time_s + 2 * save_estimate:
+            self.request_stop()
 
     def request_stop(self) -> None:
         """Save and stop at the end of the current step (safe to call from a signal handler)."""
@@ -212,6 +232,7 @@ class Trainer:
             os.makedirs(folder, exist_ok=True)
         self.comm.Barrier()
         saved = self.save_checkpoint(os.path.join(folder, checkpoint_name(self.step)))
+        self.slowest_save_s = max(self.slowest_save_s, saved.seconds)
         if self.rank == 0:
             prune(folder, self.config.checkpoint.keep)
             remove_partials(folder)

@@ -5,10 +5,9 @@
 #   jobs/local/train.sh -n 4 examples/gpt_tiny.toml --set parallel.schedule=bitpipe
 #   jobs/local/train.sh -n 4 examples/gpt_tiny.toml --out runs/x && mpipipe plot runs/x
 #
-# Environment: MPIPIPE_WALLTIME (seconds, default 3600) bounds the whole run: when it
-# runs out, mpirun passes SIGTERM to the ranks (Open MPI: after
-# OMPI_MCA_odls_base_sigkill_timeout, default here 30 s), which save a checkpoint and
-# stop; continue with --resume latest. MPIPIPE_SKIP_SETUP=1 skips the set-up check.
+# Environment: MPIPIPE_WALLTIME (seconds, default 3600) bounds the whole run: shortly
+# before it runs out the ranks save a checkpoint and stop (exit 75); continue with
+# --resume latest. MPIPIPE_SKIP_SETUP=1 skips the set-up check.
 #
 # GPUs: with CuPy installed (pip install 'mpipipe[gpu]') runtime.device = "auto" puts
 # rank i on GPU (i mod GPUs). Messages between GPUs go through host memory unless the
@@ -41,15 +40,14 @@ if [ -t 1 ]; then export MPIPIPE_PROGRESS=${MPIPIPE_PROGRESS:-bar}; else export 
 
 # One BLAS thread per rank: the ranks themselves fill the cores.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
-# When the walltime runs out, timeout signals mpirun alone (--foreground); Open MPI's
-# mpirun waits odls_base_sigkill_timeout, passes SIGTERM to the ranks, and kills them
-# as long again later: that second wait is the ranks' time to save a checkpoint.
-save_s=${OMPI_MCA_odls_base_sigkill_timeout:-30}
-export OMPI_MCA_odls_base_sigkill_timeout=$save_s
+# mpipipe itself stops before the walltime (train.time_limit_s): every rank
+# finishes the same step, saves a checkpoint and exits 75. `timeout` is only the
+# backstop for a run that cannot stop by itself.
 walltime=${MPIPIPE_WALLTIME:-3600}
 set +e
-timeout --foreground --kill-after=$((2 * save_s + 30)) "$walltime" \
-    bash "$repo_root/jobs/local/mpirun.sh" -n "$ranks" "$python" -m mpipipe train "$@"
+timeout --foreground --kill-after=30 "$((walltime + 120))" \
+    bash "$repo_root/jobs/local/mpirun.sh" -n "$ranks" "$python" -m mpipipe train "$@" \
+    --set "train.time_limit_s=$walltime"
 status=$?
 set -e
 if [ "$status" -eq 124 ] || [ "$status" -eq 75 ]; then

@@ -80,6 +80,10 @@ class TrainConfig:
     log_every: int = option(10, "steps between log lines when output is not a terminal", minimum=1)
     on_nan: str = option("stop", "non-finite loss or gradient: stop the run or skip the step",
                          ("stop", "skip"))
+    time_limit_s: float = option(
+        0.0, "save a checkpoint and stop (exit 75) before this many seconds have passed; "
+        "0: no limit", minimum=0.0,
+    )
 
 
 @dataclass
