@@ -3,11 +3,11 @@
 #
 # Usage: jobs/local/train.sh [-n RANKS] CONFIG [mpipipe train options ...]
 #   jobs/local/train.sh -n 4 examples/gpt_tiny.toml --set parallel.schedule=bitpipe
-#   jobs/local/train.sh -n 4 examples/gpt_tiny.toml --out runs/x && mpipipe plot runs/x
 #
 # Environment: MPIPIPE_WALLTIME (seconds, default 3600) bounds the whole run: shortly
 # before it runs out the ranks save a checkpoint and stop (exit 75); continue with
-# --resume latest. MPIPIPE_SKIP_SETUP=1 skips the set-up check.
+# --resume latest. MPIPIPE_SKIP_SETUP=1 skips the set-up check. After a run that
+# finished, the script draws it (mpipipe plot RUN_DIR); MPIPIPE_PLOT=0 skips that.
 #
 # GPUs: with CuPy installed (pip install 'mpipipe[gpu]') runtime.device = "auto" puts
 # rank i on GPU (i mod GPUs). Messages between GPUs go through host memory unless the
@@ -50,6 +50,16 @@ timeout --foreground --kill-after=30 "$((walltime + 120))" \
     --set "train.time_limit_s=$walltime"
 status=$?
 set -e
+if [ "$status" -eq 0 ] && [ "${MPIPIPE_PLOT:-1}" = 1 ]; then
+    # Draw the run: loss curve, measured step timeline, per-rank time breakdown.
+    out="runs/$(basename "${1%.*}")"
+    previous=""
+    for argument in "$@"; do
+        if [ "$previous" = "--out" ]; then out=$argument; fi
+        previous=$argument
+    done
+    "$python" -m mpipipe plot "$out" || echo "mpipipe: the run finished but could not be drawn" >&2
+fi
 if [ "$status" -eq 124 ] || [ "$status" -eq 75 ]; then
     why="stopped with a checkpoint"
     if [ "$status" -eq 124 ]; then why="MPIPIPE_WALLTIME=$walltime s ran out"; fi
