@@ -61,10 +61,12 @@ class Layer:
     tied: dict[str, tuple[int, str]] = {}
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter the layer uses, tied ones included (see `tied`)."""
         return {}
 
     def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Initial values (float64, host) of the parameters this layer owns (not tied ones)."""
+        """Initial values (float64, host) of the parameters this layer owns: tied ones are
+        initialised by the layer that owns them."""
         return {}
 
     def forward(self, params: dict, x, ctx: MicroBatch):
