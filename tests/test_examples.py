@@ -17,6 +17,7 @@ from mpipipe.models.model import build_model
 from mpipipe.schedules import OpCosts, build_schedule, simulate
 from mpipipe.schedules.partition import partition_layers
 
+from gradcheck import finite_difference
 from mpirun import REPO, mpipipe_args, run_ranks
 
 EXAMPLES = REPO / "examples"
@@ -81,18 +82,9 @@ def test_parallel_block_gradients_match_finite_differences():
     grads = {name: np.zeros_like(value) for name, value in params.items()}
     block.backward_weight(grads, wcache)
 
-    step = 1e-6
     for array, analytic in [(x, dx), *((params[name], grads[name]) for name in params)]:
-        numeric = np.zeros_like(array)
-        for index in np.ndindex(array.shape):
-            saved = array[index]
-            array[index] = saved + step
-            upper = loss()
-            array[index] = saved - step
-            lower = loss()
-            array[index] = saved
-            numeric[index] = (upper - lower) / (2 * step)
-        assert np.allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+        numeric = finite_difference(loss, array, range(array.size), step=1e-6)
+        assert np.allclose(analytic.reshape(-1), numeric, rtol=1e-6, atol=1e-8)
 
 
 def gpu_config_comment() -> str:

@@ -22,6 +22,8 @@ from mpipipe.layers import (
     MicroBatch,
 )
 
+from gradcheck import finite_difference
+
 BATCH, TIME, CHANNELS, HEADS, VOCAB = 2, 5, 8, 2, 11
 GRADIENT_TOLERANCE = 1e-6
 STEP = 1e-5
@@ -53,21 +55,6 @@ def sample_indices(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.arange(size) if size <= SAMPLES else rng.choice(size, SAMPLES, replace=False)
 
 
-def finite_difference(objective, array: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Central differences of objective() with respect to array.flat[indices], in place."""
-    flat = array.reshape(-1)
-    estimates = np.empty(len(indices))
-    for position, index in enumerate(indices):
-        saved = flat[index]
-        flat[index] = saved + STEP
-        plus = objective()
-        flat[index] = saved - STEP
-        minus = objective()
-        flat[index] = saved
-        estimates[position] = (plus - minus) / (2 * STEP)
-    return estimates
-
-
 def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
     scale = max(np.abs(numeric).max(), np.abs(analytic).max())
     return 0.0 if scale == 0 else float(np.abs(analytic - numeric).max() / scale)
@@ -90,7 +77,7 @@ def check_gradients(layer, params: dict, x, ctx: MicroBatch, seed: int = 2) -> N
     assert len(checked) > 0
     for name, (array, analytic) in checked.items():
         indices = sample_indices(array.size, rng)
-        numeric = finite_difference(objective, array, indices)
+        numeric = finite_difference(objective, array, indices, STEP)
         error = relative_error(analytic.reshape(-1)[indices], numeric)
         assert error < GRADIENT_TOLERANCE, f"{type(layer).__name__} d{name}: relative error {error}"
 

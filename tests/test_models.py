@@ -14,6 +14,8 @@ from mpipipe.errors import UsageError
 from mpipipe.layers import IGNORE_INDEX, Block, MicroBatch
 from mpipipe.models import build_model, forward_backward, loss_and_grads
 
+from gradcheck import finite_difference
+
 SMALL = ModelConfig(
     kind="gpt", vocab_size=13, seq_len=6, n_layer=2, n_head=2, d_model=8, d_ff=12, init_std=0.3
 )
@@ -74,15 +76,7 @@ def test_model_gradients_match_finite_differences(case):
         indices = np.union1d(
             np.argsort(np.abs(grad))[-2:], rng.choice(flat.size, SAMPLES_PER_TENSOR // 2)
         )
-        numeric = np.empty(len(indices))
-        for position, index in enumerate(indices):
-            saved = flat[index]
-            flat[index] = saved + STEP
-            plus = loss()
-            flat[index] = saved - STEP
-            minus = loss()
-            flat[index] = saved
-            numeric[position] = (plus - minus) / (2 * STEP)
+        numeric = finite_difference(loss, array, indices, STEP)
         scale = max(np.abs(numeric).max(), np.abs(grad[indices]).max())
         assert scale > 0, key
         error = np.abs(grad[indices] - numeric).max() / scale

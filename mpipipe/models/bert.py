@@ -11,8 +11,6 @@ from mpipipe.config.schema import ModelConfig
 from mpipipe.layers.base import Layer
 from mpipipe.models.gpt import transformer_layers
 
-SPECIAL_TOKENS = 2  # PAD = data vocab, MASK = data vocab + 1
-
 
 def bert_layers(config: ModelConfig, vocab_size: int) -> list[Layer]:
     return transformer_layers(config, vocab_size, causal=False)

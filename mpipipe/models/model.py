@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpipipe.config.schema import ModelConfig
+from mpipipe.data.batches import SPECIAL_TOKENS
 from mpipipe.errors import UsageError, did_you_mean
 from mpipipe.layers.base import Layer, LayerCost
-from mpipipe.models.bert import SPECIAL_TOKENS, bert_layers
+from mpipipe.models.bert import bert_layers
 from mpipipe.models.gpt import gpt_layers
 
 ParamKey = tuple[int, str]

@@ -6,22 +6,11 @@ import math
 from fractions import Fraction
 
 from mpipipe.errors import UsageError
+from mpipipe.plots.style import OP_COLOURS, OP_NAMES
 from mpipipe.schedules.ops import OpType
 from mpipipe.schedules.simulate import Simulation
 
-_COLOURS = {  # (down pipe, up pipe), in the spirit of the BitPipe and Chimera figures
-    OpType.FORWARD: ("#4c72b0", "#8fb3e0"),
-    OpType.BACKWARD: ("#55a868", "#9ed3a8"),
-    OpType.BACKWARD_INPUT: ("#dd8452", "#f2bf9b"),
-    OpType.BACKWARD_WEIGHT: ("#8172b3", "#c0b6e3"),
-}
 _MAX_SLOTS = 20000
-_TYPE_NAMES = {
-    OpType.FORWARD: "forward",
-    OpType.BACKWARD: "backward",
-    OpType.BACKWARD_INPUT: "input gradient (I)",
-    OpType.BACKWARD_WEIGHT: "weight gradient (W)",
-}
 
 
 def timeline_text(simulation: Simulation) -> str:
@@ -142,7 +131,7 @@ def write_png(simulation: Simulation, path: str) -> None:
             if op.type is OpType.SYNC:
                 axes.plot([timed.start], [rank - 0.45], marker="v", color="black", markersize=5)
                 continue
-            colour = _COLOURS[op.type][op.pipe]
+            colour = OP_COLOURS[op.type][op.pipe]
             used.add((op.type, op.pipe))
             axes.broken_barh(
                 [(timed.start, timed.end - timed.start)], (rank - 0.4, 0.8),
@@ -164,8 +153,8 @@ def write_png(simulation: Simulation, path: str) -> None:
     )
     pipe_names = ([" (down pipe)", " (up pipe)"] if schedule.pipes > 1 else ["", ""])
     handles = [
-        Patch(facecolor=_COLOURS[op_type][pipe], label=_TYPE_NAMES[op_type] + pipe_names[pipe])
-        for op_type in _COLOURS
+        Patch(facecolor=OP_COLOURS[op_type][pipe], label=OP_NAMES[op_type] + pipe_names[pipe])
+        for op_type in OP_COLOURS
         for pipe in (0, 1)
         if (op_type, pipe) in used
     ]
