@@ -16,6 +16,7 @@ loads a checkpoint of any layout and continues exactly where it left off.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -138,15 +139,17 @@ class Trainer:
         return row
 
     def _on_non_finite(self, stats: StepStats) -> None:
-        what = f"step {self.step}: loss {stats.loss} and gradient norm {stats.grad_norm}"
+        values = {"loss": stats.loss, "gradient norm": stats.grad_norm}
+        bad = [f"{name} {value}" for name, value in values.items() if not math.isfinite(value)]
+        what = f"step {self.step}: {' and '.join(bad)} {'is' if len(bad) == 1 else 'are'}"
         if self.config.train.on_nan == "stop":
             raise CollectiveStop(
-                f"{what} are not finite; stopping (train.on_nan = 'stop'; use 'skip' to skip "
+                f"{what} not finite; stopping (train.on_nan = 'stop'; use 'skip' to skip "
                 "such steps)"
             )
         if self.verbose:
             print(
-                f"mpipipe: warning: {what} are not finite; skipping the optimizer step "
+                f"mpipipe: warning: {what} not finite; skipping the optimizer step "
                 "(train.on_nan = 'skip')",
                 flush=True,
             )

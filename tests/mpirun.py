@@ -71,3 +71,47 @@ def run_ranks(
 
 def mpipipe_args(*args: str) -> list[str]:
     return ["-m", "mpipipe", *args]
+
+
+@dataclass
+class LiveProcess:
+    pid: int
+    program: str  # base name of argv[0]
+    command_line: str
+    environment: dict[str, str]
+
+
+def live_processes() -> list[LiveProcess]:
+    """Every process this test can read in /proc, except itself."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                arguments = handle.read().decode(errors="replace").split("\0")
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                variables = handle.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        environment = dict(item.split("=", 1) for item in variables if "=" in item)
+        program = os.path.basename(arguments[0])
+        found.append(LiveProcess(int(entry), program, " ".join(arguments), environment))
+    return found
+
+
+def job_processes(marker: str) -> list[LiveProcess]:
+    """Live processes of a job: `marker` is in their command line or one of their variables."""
+    return [
+        process for process in live_processes()
+        if marker in process.command_line or marker in process.environment.values()
+    ]
+
+
+def rank_pids(marker: str) -> dict[int, int]:
+    """World rank -> pid of the Python processes of the job carrying `marker`."""
+    return {
+        int(process.environment["OMPI_COMM_WORLD_RANK"]): process.pid
+        for process in job_processes(marker)
+        if process.program.startswith("python") and "OMPI_COMM_WORLD_RANK" in process.environment
+    }

@@ -5,20 +5,19 @@
   complete checkpoint, removes the partial file, and repeats the lost steps
   with the same losses.
 - SIGTERM to one rank: every rank saves at the end of that step and exits 75.
-- A truncated file, flipped bytes, an unknown format version, another
-  model's checkpoint: one error line, exit 2 on every rank, no hang.
+
+Bad checkpoint files given to --resume are in the bad-input catalogue
+(test_bad_input.py).
 """
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
 
-import h5py
 import pytest
 
 from mpipipe.checkpoint.folder import PARTIAL_SUFFIX, checkpoint_name
@@ -30,6 +29,7 @@ from mpirun import (
     REPO,
     JobResult,
     mpipipe_args,
+    rank_pids,
     run_ranks,
 )
 
@@ -64,27 +64,6 @@ def start_job(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, s
     job = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     return job, marker
-
-
-def rank_pids(marker: str) -> dict[int, int]:
-    """World rank -> pid of the Python processes of the job carrying `marker`."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                variables = dict(item.split(b"=", 1) for item in handle.read().split(b"\0")
-                                 if b"=" in item)
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                program = handle.read().split(b"\0")[0]
-        except OSError:
-            continue
-        rank = variables.get(b"OMPI_COMM_WORLD_RANK")
-        is_python = os.path.basename(program).startswith(b"python")
-        if variables.get(JOB_MARKER.encode()) == marker.encode() and rank and is_python:
-            found[int(rank)] = int(entry)
-    return found
 
 
 def wait_for(condition, job, what: str, timeout: float = 60) -> None:
@@ -152,57 +131,3 @@ def test_sigterm_on_one_rank_saves_and_every_rank_exits_75_then_resumes(tmp_path
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"at step {step}" in result.stdout
     assert [row["step"] for row in metrics(run_dir)] == list(range(step + 2))
-
-
-@pytest.fixture(scope="module")
-def good_checkpoint(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("saved") / "run"
-    result = run_ranks(4, train(run_dir, "--set", "train.steps=2"), timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return run_dir / "checkpoints" / checkpoint_name(2)
-
-
-def _truncate(path) -> None:
-    with open(path, "r+b") as handle:
-        handle.truncate(os.path.getsize(path) // 2)
-
-
-def _flip_a_parameter(path) -> None:
-    with h5py.File(path, "r") as file:
-        dataset = file["model/3"][sorted(file["model/3"])[0]]
-        offset = dataset.id.get_offset() + dataset.nbytes // 2
-    with open(path, "r+b") as handle:
-        handle.seek(offset)
-        value = handle.read(1)[0]
-        handle.seek(offset)
-        handle.write(bytes([value ^ 0x5A]))
-
-
-def _bump_version(path) -> None:
-    with h5py.File(path, "r+") as file:
-        file.attrs["format_version"] = 7
-
-
-@pytest.mark.parametrize(("damage", "overrides", "fragment"), [
-    (_truncate, [], "cannot be read as HDF5"),
-    (_flip_a_parameter, [], "fails its checksum"),
-    (_bump_version, [], "has format version 7, this mpipipe"),
-    (None, ["--set", "model.d_model=64"], "in the file but the model needs"),
-], ids=["truncated", "flipped-bytes", "unknown-version", "other-shapes"])
-def test_bad_checkpoint_fails_on_every_rank_with_one_line(
-    good_checkpoint, tmp_path, damage, overrides, fragment
-):
-    path = tmp_path / "bad.h5"
-    shutil.copy(good_checkpoint, path)
-    if damage is not None:
-        damage(path)
-    result = run_ranks(4, train(tmp_path / "run", *overrides, "--resume", str(path)),
-                       timeout=120, env=EVERY_RANK_EXITS_ITSELF)
-    assert result.rank_exits == {0: 2, 1: 2, 2: 2, 3: 2}, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("mpipipe: error")]
-    assert len(errors) == 1 and fragment in errors[0] and str(path) in errors[0], errors
-    if damage is _flip_a_parameter:
-        verified = subprocess.run([sys.executable, *mpipipe_args("ckpt", "verify", str(path))],
-                                  capture_output=True, text=True, timeout=60, cwd=REPO)
-        assert verified.returncode == 1
-        assert "dataset /model/3/" in verified.stderr and "fails its checksum" in verified.stderr

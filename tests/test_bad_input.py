@@ -1,0 +1,274 @@
+"""The bad-input catalogue: every case is a real `mpipipe train` job under mpirun.
+
+Config, layout, data, checkpoint, run folder and device mistakes each must
+give one `mpipipe: error` line, printed once, a non-zero exit on every rank,
+the whole job gone within LIMIT_S, and no process of the job left behind.
+
+Each case runs twice. As users run it: mpirun's own exit code is non-zero
+and stderr holds the message exactly once, without a traceback. With Open
+MPI's abort-on-failure turned off, so that mpirun kills no rank for the
+others (and itself exits 0): every rank reports its own exit code 2, which
+proves that each one stopped by itself and none hung. The seconds of both
+runs are recorded as the case's properties (see them with
+`pytest -o junit_family=legacy --junitxml=FILE`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mpipipe.checkpoint.folder import checkpoint_name
+
+from mpirun import EVERY_RANK_EXITS_ITSELF, REPO, job_processes, mpipipe_args, run_ranks
+
+LIMIT_S = 20
+EXIT_USAGE = 2
+TINY = "examples/gpt_tiny.toml"
+RANDOM_DATA = ["--set", "data.source=random"]
+# The model the good checkpoint is trained with, and every checkpoint case starts from.
+SMALL = [
+    TINY, "--set", "model.n_layer=8", "--set", "model.d_model=32", "--set", "model.seq_len=16",
+    *RANDOM_DATA, "--set", "parallel.schedule=bitpipe", "--set", "runtime.trace=false",
+]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    # Arguments after `mpipipe train`, given the case's own folder and a good checkpoint
+    # (None unless needs_checkpoint); `--out FOLDER/run` is added unless they hold --out.
+    arguments: Callable[[Path, Path | None], list[str]]
+    fragment: str  # part of the one error line
+    ranks: int = 4
+    env: dict[str, str] = field(default_factory=dict)
+    needs_checkpoint: bool = False
+
+
+def tiny(*overrides: str) -> Callable:
+    return lambda folder, checkpoint: [TINY, *overrides]
+
+
+def config_file(text: str) -> Callable:
+    def arguments(folder: Path, checkpoint) -> list[str]:
+        path = folder / "bad.toml"
+        path.write_text(text)
+        return [str(path)]
+
+    return arguments
+
+
+def text_corpus(content: bytes, *overrides: str) -> Callable:
+    def arguments(folder: Path, checkpoint) -> list[str]:
+        path = folder / "corpus.txt"
+        path.write_bytes(content)
+        return [TINY, "--set", "data.source=text", "--set", f"data.path={path}", *overrides]
+
+    return arguments
+
+
+def token_file(tokens: np.ndarray) -> Callable:
+    def arguments(folder: Path, checkpoint) -> list[str]:
+        path = folder / "tokens.npy"
+        np.save(path, tokens)
+        return [TINY, "--set", "data.source=npy", "--set", f"data.path={path}"]
+
+    return arguments
+
+
+def out_under_a_file(folder: Path, checkpoint) -> list[str]:
+    (folder / "a-file").write_text("not a folder")
+    return [TINY, *RANDOM_DATA, "--out", str(folder / "a-file" / "run")]
+
+
+def resume_from(damage: Callable[[Path], None] | None, *overrides: str) -> Callable:
+    """Resume from a copy of the good checkpoint, damaged by `damage`."""
+
+    def arguments(folder: Path, checkpoint: Path) -> list[str]:
+        path = folder / "given.h5"
+        shutil.copy(checkpoint, path)
+        if damage is not None:
+            damage(path)
+        return [*SMALL, *overrides, "--resume", str(path)]
+
+    return arguments
+
+
+def truncate(path: Path) -> None:
+    with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) // 2)
+
+
+def flip_a_parameter(path: Path) -> None:
+    with h5py.File(path, "r") as file:
+        dataset = file["model/3"][sorted(file["model/3"])[0]]
+        offset = dataset.id.get_offset() + dataset.nbytes // 2
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        value = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([value ^ 0x5A]))
+
+
+def bump_version(path: Path) -> None:
+    with h5py.File(path, "r+") as file:
+        file.attrs["format_version"] = 7
+
+
+CASES = [
+    # Config file and --set.
+    Case("toml-syntax", config_file("[model]\nn_layer = = 8\n"),
+         "line 2, column 11: TOML syntax"),
+    Case("unknown-section", config_file("[modle]\nn_layer = 8\n"),
+         "unknown section [modle] (did you mean 'model'?)"),
+    Case("unknown-key", config_file("[model]\nn_layers = 8\n"),
+         "unknown key model.n_layers (did you mean 'n_layer'?)"),
+    Case("key-in-wrong-section", config_file("[model]\nmicrobatch_size = 4\n"),
+         "model.microbatch_size is not a key of [model]; microbatch_size belongs in [data]"),
+    Case("wrong-type", config_file('[model]\nn_layer = "8"\n'),
+         'model.n_layer = "8" is a string, expected an integer (write n_layer = 8 without quotes)'),
+    Case("missing-config-file", lambda folder, checkpoint: ["examples/no_such.toml"],
+         "config file 'examples/no_such.toml' does not exist"),
+    Case("misspelt-schedule", tiny("--set", "parallel.schedule=bitpip"),
+         "is not one of gpipe, 1f1b, interleaved, chimera, bitpipe, zb-h1, zb-v "
+         "(did you mean 'bitpipe'?)"),
+    Case("below-minimum", tiny("--set", "train.steps=0"),
+         "train.steps = 0 is below the minimum 1 (use 1 or more)"),
+    Case("negative-learning-rate", tiny("--set", "optim.lr=-0.1"),
+         "optim.lr = -0.1 is below the minimum 0.0 (use 0.0 or more)"),
+    Case("not-finite", tiny("--set", "optim.lr=nan"), "optim.lr = nan is not a finite number"),
+    Case("malformed-set", tiny("--set", "parallel.schedule"),
+         "is not of the form section.key=value"),
+    Case("heads-do-not-divide", tiny("--set", "model.d_model=30"),
+         "model.d_model = 30 is not a multiple of model.n_head = 4"),
+    Case("vocabulary-too-small", tiny("--set", "model.vocab_size=100"),
+         "model.vocab_size = 100 is too small for data.source = 'stdlib'"),
+    # Layout: world size, schedule constraints, layers to stages.
+    Case("world-size", tiny(*RANDOM_DATA, "--set", "parallel.pipeline=2"),
+         "the job has 4 MPI ranks but parallel.pipeline=2 x parallel.data_parallel=1 needs 2"),
+    Case("data-parallel-does-not-divide", tiny(*RANDOM_DATA, "--set", "parallel.data_parallel=3"),
+         "the job has 4 MPI ranks, which parallel.data_parallel = 3 does not divide"),
+    *(
+        Case(f"{schedule}-odd-pipeline",
+             tiny(*RANDOM_DATA, "--set", f"parallel.schedule={schedule}",
+                  "--set", "parallel.microbatches=6"),
+             f"{schedule} needs an even number of pipeline ranks, got 3", ranks=3)
+        for schedule in ("bitpipe", "chimera", "zb-v")
+    ),
+    Case("bitpipe-odd-microbatches",
+         tiny(*RANDOM_DATA, "--set", "parallel.schedule=bitpipe",
+              "--set", "parallel.microbatches=6"),
+         "bitpipe needs a multiple of the pipeline degree 4, got 6"),
+    Case("too-few-blocks-for-stages",
+         tiny(*RANDOM_DATA, "--set", "parallel.schedule=bitpipe", "--set", "model.n_layer=4"),
+         "has 4 transformer blocks, which cannot be split evenly into 8 stages"),
+    Case("blocks-do-not-split",
+         tiny(*RANDOM_DATA, "--set", "parallel.schedule=bitpipe", "--set", "model.n_layer=12"),
+         "has 12 transformer blocks, which cannot be split evenly into 8 stages"),
+    # Data.
+    Case("missing-token-file", tiny("--set", "data.source=npy", "--set", "data.path=none.npy"),
+         "data.path 'none.npy'"),
+    Case("no-data-path", tiny("--set", "data.source=text"),
+         "data.path is empty but data.source = 'text' needs a file or folder"),
+    Case("empty-corpus", text_corpus(b""), "is empty (0 bytes of text)"),
+    Case("sequence-longer-than-data", text_corpus(b"hello"),
+         "has 5 tokens, fewer than model.seq_len + 1 = 65"),
+    Case("tokens-beyond-vocabulary", token_file(np.arange(300, dtype=np.uint16)),
+         "uses token ids 0..299 (300 ids) but model.vocab_size = 256"),
+    # Checkpoints given to --resume.
+    Case("truncated-checkpoint", resume_from(truncate), "cannot be read as HDF5",
+         needs_checkpoint=True),
+    Case("corrupted-checkpoint", resume_from(flip_a_parameter), "fails its checksum",
+         needs_checkpoint=True),
+    Case("unknown-checkpoint-version", resume_from(bump_version),
+         "has format version 7, this mpipipe", needs_checkpoint=True),
+    Case("checkpoint-of-another-model", resume_from(None, "--set", "model.d_model=64"),
+         "in the file but the model needs", needs_checkpoint=True),
+    Case("resume-latest-without-checkpoint",
+         lambda folder, checkpoint: [*SMALL, "--resume", "latest"],
+         "--resume latest: no complete checkpoint in"),
+    # Run folder and device.
+    Case("unwritable-run-folder", out_under_a_file, "cannot write to run folder"),
+    Case("gpu-where-none-exists", tiny(*RANDOM_DATA, "--set", "runtime.device=gpu"),
+         "runtime.device: 'gpu' was requested but no CUDA GPU is usable here",
+         env={"CUDA_VISIBLE_DEVICES": ""}),
+]
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("saved") / "run"
+    result = run_ranks(4, mpipipe_args("train", *SMALL, "--set", "train.steps=1",
+                                       "--out", str(run_dir)), timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir / "checkpoints" / checkpoint_name(1)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("mpipipe: error")]
+
+
+def run_case(case: Case, args: list[str], marker: str, env: dict[str, str]):
+    """Run the job; if it outlives LIMIT_S, end what it left behind and fail."""
+    try:
+        return run_ranks(case.ranks, args, timeout=LIMIT_S, env={**case.env, **env})
+    except subprocess.TimeoutExpired:
+        for process in job_processes(marker):
+            os.kill(process.pid, signal.SIGKILL)
+        pytest.fail(f"{case.name}: the job was still running after {LIMIT_S} s")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_input_fails_once_on_every_rank(case, tmp_path, request, record_property):
+    checkpoint = request.getfixturevalue("good_checkpoint") if case.needs_checkpoint else None
+    arguments = case.arguments(tmp_path, checkpoint)
+    if "--out" not in arguments:
+        arguments += ["--out", str(tmp_path / "run")]
+    args = mpipipe_args("train", *arguments)
+    marker = str(tmp_path)
+
+    as_users_run_it = run_case(case, args, marker, {})
+    record_property("seconds_to_fail", round(as_users_run_it.seconds, 2))
+    assert as_users_run_it.returncode != 0, as_users_run_it.output[-2000:]
+    errors = error_lines(as_users_run_it.stderr)
+    assert len(errors) == 1, as_users_run_it.stderr[-2000:]
+    assert case.fragment in errors[0], errors[0]
+    assert "Traceback" not in as_users_run_it.output
+    assert job_processes(marker) == []
+
+    each_rank_alone = run_case(case, args, marker, EVERY_RANK_EXITS_ITSELF)
+    record_property("seconds_to_fail_every_rank_itself", round(each_rank_alone.seconds, 2))
+    assert each_rank_alone.rank_exits == dict.fromkeys(range(case.ranks), EXIT_USAGE), (
+        each_rank_alone.stderr[-2000:]
+    )
+    assert error_lines(each_rank_alone.stderr) == errors
+    assert "Traceback" not in each_rank_alone.output
+    assert job_processes(marker) == []
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert not metrics.exists() or metrics.read_text() == ""  # no step ran
+
+
+def test_the_catalogue_is_large_and_every_message_is_one_line():
+    assert len(CASES) >= 15
+    assert len({case.name for case in CASES}) == len(CASES)
+    assert all("\n" not in case.fragment for case in CASES)
+
+
+def test_ckpt_verify_names_the_damaged_dataset(good_checkpoint, tmp_path):
+    path = tmp_path / "damaged.h5"
+    shutil.copy(good_checkpoint, path)
+    flip_a_parameter(path)
+    verified = subprocess.run([sys.executable, *mpipipe_args("ckpt", "verify", str(path))],
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert verified.returncode == 1
+    assert "dataset /model/3/" in verified.stderr and "fails its checksum" in verified.stderr
