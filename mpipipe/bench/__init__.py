@@ -1,1 +1,12 @@
-"""mpipipe.bench"""
+"""Benchmarks that measure and report (`mpipipe bench`); none of them is a test.
+
+    emulated      the real engine and real messages on an emulated accelerator, against the
+                  schedule simulator (emulated_device.py, emulated_model.py, emulated.py)
+    cpu           real compute on CPU: mpipipe against PyTorch's pipelining (cpu_pipeline.py,
+                  torch_pipeline.py, torch_gpt.py)
+    layers        one process: layers against PyTorch eager and NumPy's matmul (layers.py,
+                  gpt_step.py)
+    gpu           one GPU: CuPy against PyTorch eager, fused kernels (gpu.py)
+
+driver.py runs them and writes Markdown (tables.py, report.py) and JSON.
+"""

@@ -1,0 +1,115 @@
+"""The model an emulated accelerator runs: real boundary shapes, next to no parameters.
+
+The engine runs unchanged; only the stage compute is replaced (see
+emulated_device.py). Each op keeps the device busy for its calibrated
+duration, then hands on arrays of the real model's boundary shape, so every
+message is real MPI traffic of the real size. The model behind it has one
+one-element parameter per layer, so gradient syncs and the optimizer cost
+next to nothing.
+
+Costs are per op of one stage of the schedule: a stage of a schedule with S
+stages on D ranks holds D/S of a 1F1B stage's layers, so F = f0 * D / S,
+B = 2F and, for split backwards, I = W = B / 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpipipe.bench.emulated_device import EmulatedAccelerator, QueuedCompute
+from mpipipe.layers.base import Layer
+from mpipipe.models.model import Model
+from mpipipe.schedules.simulate import OpCosts
+
+EMULATED_KIND = "emulated"
+
+
+class Placeholder(Layer):
+    """A layer that only has shapes, and one one-element parameter so that syncs still run."""
+
+    def __init__(self, channels: int):
+        self.channels = channels
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"scale": (1,)}
+
+    def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {"scale": np.ones(1)}
+
+
+class Inlet(Placeholder):
+    """Stands for the embedding: tokens (B, T) in, hidden states (B, T, C) out."""
+
+    is_body = False
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (*input_shape, self.channels)
+
+
+class Body(Placeholder):
+    """Stands for a transformer block: (B, T, C) in and out."""
+
+    is_body = True
+
+
+class Outlet(Placeholder):
+    """Stands for the final norm, head and loss: (B, T, C) in, a scalar loss out."""
+
+    is_body = False
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return ()
+
+
+def emulated_model(channels: int, seq_len: int, body_layers: int) -> Model:
+    """Inlet, `body_layers` Body layers, Outlet: the real model's boundary shapes, tiny params."""
+    layers = [Inlet(channels), *(Body(channels) for _ in range(body_layers)), Outlet(channels)]
+    return Model(EMULATED_KIND, layers, vocab_size=2, seq_len=seq_len)
+
+
+@dataclass
+class HostMicroBatch:
+    tokens: np.ndarray
+    targets: np.ndarray
+    attention_mask: None
+    loss_normalizer: float
+
+
+class ZeroBatcher:
+    """Micro-batches of token 0: the emulated stages never read them."""
+
+    def __init__(self, microbatch_size: int, seq_len: int):
+        tokens = np.zeros((microbatch_size, seq_len), dtype=np.int64)
+        self.batch = HostMicroBatch(tokens, tokens, None, float(tokens.size))
+
+    def microbatch(self, step: int, replica: int, microbatch: int) -> HostMicroBatch:
+        return self.batch
+
+
+def stage_costs(f0: float, ranks: int, stages: int) -> OpCosts:
+    """Seconds per op of one stage when a 1F1B stage's forward takes `f0` (B = 2F, I = W = F)."""
+    forward = f0 * ranks / stages
+    return OpCosts(forward=forward, backward=2 * forward)
+
+
+def emulated_compute_factory(
+    model: Model, stage_layers: list[range], microbatch_size: int, costs: OpCosts,
+    device: EmulatedAccelerator,
+):
+    """The Engine's `compute_factory` for emulated stages of `model` cut as `stage_layers`."""
+    shapes = []
+    shape: tuple[int, ...] = (microbatch_size, model.seq_len)
+    for layer_range in stage_layers:
+        shapes.append(shape)
+        for index in layer_range:
+            shape = model.layers[index].output_shape(shape)
+    shapes.append(shape)  # shapes[s]: input of stage s; shapes[s + 1]: its output
+
+    def make(stage: int, layer_range: range) -> QueuedCompute:
+        output = np.zeros(shapes[stage + 1], dtype=device.dtype)
+        input_gradient = np.zeros(shapes[stage], dtype=device.dtype)
+        return QueuedCompute(device, costs, output, input_gradient)
+
+    return make

@@ -1,0 +1,107 @@
+"""`mpipipe bench`: measure mpipipe and write Markdown tables and JSON.
+
+    mpipipe bench --out runs/bench                 # every CPU table, one command
+    mpipipe bench all --quick --out /tmp/bench     # the same, small and fast
+    mpiexec -n 8 python -m mpipipe bench emulated  # one part (emulated, cpu, layers, gpu)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from mpipipe.errors import EXIT_USAGE, UsageError
+
+PART_CHOICES = ("all", "emulated", "cpu", "layers", "gpu")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark the runtime: emulated accelerator, CPU pipelines, layers, GPU",
+        description="Measure mpipipe and write <part>.md and <part>.json into --out. 'all' "
+        "(the default) launches the MPI parts with mpiexec itself and joins every table into "
+        "README.md and bench.json. The emulated part emulates compute (each op keeps an emulated "
+        "device busy for its cost; real engine, real messages) and compares each step with the "
+        "schedule simulator.",
+    )
+    parser.add_argument("part", nargs="?", default="all", choices=PART_CHOICES,
+                        help="which benchmark to run (default: all)")
+    parser.add_argument("--out", default="runs/bench", help="folder for the Markdown and JSON")
+    parser.add_argument("--quick", action="store_true",
+                        help="small shapes, few steps: a check that everything runs (a minute)")
+    parser.add_argument("--schedules", default=None, metavar="LIST",
+                        help="comma-separated schedules (default: every schedule)")
+    parser.add_argument("--ranks", default=None, metavar="LIST",
+                        help="emulated: pipeline degrees D (default 4,8; quick: 4)")
+    parser.add_argument("--microbatch-multiples", default=None, metavar="LIST",
+                        help="emulated: N as multiples of D (default 1,2,4; quick: 1)")
+    parser.add_argument("--f0-ms", default=None, metavar="LIST",
+                        help="emulated: forward time of one 1F1B stage in ms (default 20,40; "
+                        "quick: 5)")
+    parser.add_argument("--progress-while-waiting", action="store_true",
+                        help="emulated: keep MPI moving while the host waits for the device "
+                        "(emulates polling the device instead of blocking on it)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per case (default: each part's own)")
+    parser.add_argument("--parts", default=None, metavar="LIST",
+                        help="all: the parts to run (default emulated,cpu,layers,gpu); README.md "
+                        "joins every part found in --out")
+    parser.add_argument("--mpiexec", default=None, metavar="COMMAND",
+                        help="all: launcher for the MPI parts (default jobs/local/mpirun.sh in a "
+                        "checkout, else mpiexec)")
+    parser.add_argument("--timeout", type=float, default=3600.0,
+                        help="all: seconds each launched part may take")
+    parser.set_defaults(func=run)
+
+
+def parse_list(text: str | None, name: str, convert, default: list) -> list:
+    if text is None:
+        return default
+    try:
+        return [convert(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UsageError(
+            f"{name}: expected numbers separated by commas (such as 4,8), got {text!r}"
+        ) from None
+
+
+def options_from(args):
+    from mpipipe.bench.driver import COMMAND_VARIABLE, PARTS, BenchOptions, check_options
+
+    defaults = BenchOptions()
+    quick = args.quick
+    options = BenchOptions(
+        out=args.out,
+        quick=quick,
+        schedules=parse_list(args.schedules, "--schedules", str.strip,
+                             ["1f1b", "bitpipe"] if quick else defaults.schedules),
+        ranks=parse_list(args.ranks, "--ranks", int, [4] if quick else defaults.ranks),
+        microbatch_multiples=parse_list(args.microbatch_multiples, "--microbatch-multiples", int,
+                                        [1] if quick else defaults.microbatch_multiples),
+        f0_ms=parse_list(args.f0_ms, "--f0-ms", float, [5.0] if quick else defaults.f0_ms),
+        steps=args.steps,
+        progress_while_waiting=args.progress_while_waiting,
+        mpiexec=args.mpiexec,
+        timeout_s=args.timeout,
+        command=os.environ.get(COMMAND_VARIABLE),
+        parts=parse_list(args.parts, "--parts", str.strip, list(PARTS)),
+    )
+    check_options(options)
+    return options
+
+
+def run(args) -> int:
+    from mpipipe.bench.driver import MPI_PARTS, RUNNERS, run_all
+    from mpipipe.commands.train import launcher_rank
+
+    try:
+        options = options_from(args)
+        if args.part == "all":
+            return run_all(options)
+        return RUNNERS[args.part](options)
+    except UsageError as error:
+        # Every rank of an MPI part finds the same problem; one of them says so.
+        if args.part not in MPI_PARTS or launcher_rank() == 0:
+            print(f"mpipipe: error: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE

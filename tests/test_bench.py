@@ -1,0 +1,150 @@
+"""The benchmarks measure and report; these tests check what they write, never a speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mpipipe.bench.emulated import EmulatedResult, bitpipe_ratios
+from mpipipe.bench.emulated_device import emulated_accelerator
+from mpipipe.bench.emulated_model import emulated_compute_factory, emulated_model, stage_costs
+from mpipipe.bench.report import markdown_table
+from mpipipe.schedules import build_schedule, partition_layers
+from mpipipe.schedules.simulate import OpCosts, simulate
+
+from mpirun import REPO, mpipipe_args, run_ranks
+
+RESULT_KEYS = {"schedule", "ranks", "microbatches", "step_s", "window_s", "simulated_s",
+               "overhead", "bubble", "simulated_bubble", "latency_s"}
+
+
+@pytest.fixture(scope="module")
+def quick_emulated(tmp_path_factory):
+    """`mpipipe bench emulated --quick` on 4 ranks: 1F1B and BitPipe, D = N = 4, 5 ms ops."""
+    out = tmp_path_factory.mktemp("bench")
+    job = run_ranks(4, mpipipe_args("bench", "emulated", "--quick", "--out", str(out)),
+                    timeout=120)
+    assert job.returncode == 0, job.output
+    return out, json.loads((out / "emulated.json").read_text()), (out / "emulated.md").read_text()
+
+
+def test_quick_emulated_writes_one_result_per_case(quick_emulated):
+    _, data, _ = quick_emulated
+    assert {"command", "machine", "date", "settings", "results", "bitpipe_ratios"} <= set(data)
+    cases = {(row["schedule"], row["ranks"], row["microbatches"]) for row in data["results"]}
+    assert cases == {("1f1b", 4, 4), ("bitpipe", 4, 4)}
+    for row in data["results"]:
+        assert set(row) >= RESULT_KEYS
+        assert row["overhead"] == pytest.approx(row["step_s"] / row["simulated_s"] - 1)
+    assert [ratio["rival"] for ratio in data["bitpipe_ratios"]] == ["1f1b"]
+
+
+def test_quick_emulated_takes_at_least_the_simulated_time(quick_emulated):
+    """Sleeps cannot end early: a step is never much shorter than the simulator's makespan."""
+    _, data, _ = quick_emulated
+    for row in data["results"]:
+        assert row["step_s"] >= 0.9 * row["simulated_s"], row
+        assert row["window_s"] >= 0.9 * row["simulated_s"], row
+
+
+def test_quick_emulated_markdown_says_compute_is_emulated(quick_emulated):
+    _, data, markdown = quick_emulated
+    assert "This mode emulates compute" in markdown
+    assert "| D | N | schedule |" in markdown
+    assert data["command"] in markdown
+    case_rows = [line for line in markdown.splitlines() if line.startswith("| 4 | 4 |")]
+    assert len(case_rows) == len(data["results"])
+    assert "| 5.0 | 4 | 4 |" in markdown  # the BitPipe ratio row: f0, D, N
+
+
+@pytest.mark.parametrize("kind", ["1f1b", "interleaved", "bitpipe", "zb-v"])
+def test_stage_costs_give_every_schedule_the_same_work(kind):
+    """Sleeps per rank from stage_costs equal the simulator's busy time, scaled by D/S."""
+    ranks, microbatches, f0 = 4, 8, 0.02
+    schedule = build_schedule(kind, ranks, microbatches)
+    costs = stage_costs(f0, ranks, schedule.stages)
+    slept = [sum(costs.cost(op.type) for op in rank_ops) for rank_ops in schedule.ops]
+    simulated = simulate(schedule, OpCosts(f0, 2 * f0), scale_by_stage_size=True).busy
+    np.testing.assert_allclose(slept, simulated, rtol=1e-12)
+    # The same model on every layout: every rank does 3 * f0 of work per micro-batch.
+    np.testing.assert_allclose(slept, [3 * f0 * microbatches] * ranks, rtol=1e-12)
+
+
+def test_emulated_messages_have_the_real_models_size():
+    channels, seq_len, ranks = 32, 16, 4
+    schedule = build_schedule("bitpipe", ranks, ranks)
+    model = emulated_model(channels, seq_len, body_layers=2 * ranks)
+    stage_layers = partition_layers(
+        [0.0] * len(model.layers), [layer.is_body for layer in model.layers], schedule.stages,
+        "uniform",
+    )
+    costs = stage_costs(0.0, ranks, schedule.stages)
+    make = emulated_compute_factory(model, stage_layers, 2, costs, emulated_accelerator())
+    for stage in range(schedule.stages):
+        compute = make(stage, stage_layers[stage])
+        if stage < schedule.stages - 1:
+            assert compute.output.shape == (2, seq_len, channels)
+        if stage > 0:
+            assert compute.input_gradient.shape == (2, seq_len, channels)
+    assert make(schedule.stages - 1, stage_layers[-1]).output.shape == ()
+
+
+def _result(schedule: str, step_s: float, simulated_s: float) -> EmulatedResult:
+    return EmulatedResult(
+        schedule=schedule, ranks=4, microbatches=4, stages=4, f0_s=0.02, latency_s=0.0,
+        step_s=step_s, window_s=step_s, simulated_s=simulated_s, bubble=0.0,
+        simulated_bubble=0.0, compute_excess=0.0, wait_fraction=0.0, step_samples_s=[step_s],
+        window_samples_s=[step_s],
+    )
+
+
+def test_bitpipe_ratio_is_throughput_over_each_rival():
+    results = [_result("bitpipe", 2.0, 1.0), _result("1f1b", 3.0, 1.5), _result("gpipe", 9, 9)]
+    (ratio,) = bitpipe_ratios(results)
+    tokens = 100.0  # the same global batch for both
+    assert ratio.rival == "1f1b"
+    assert ratio.measured == pytest.approx((tokens / 2.0) / (tokens / 3.0))
+    assert ratio.simulated == pytest.approx(1.5 / 1.0)
+
+
+def test_markdown_table_has_a_row_per_entry_and_equal_columns():
+    table = markdown_table(["a", "b"], [["1", "2"], ["3", "4"]])
+    lines = table.splitlines()
+    assert len(lines) == 4
+    assert {line.count("|") for line in lines} == {3}
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *mpipipe_args("bench", *args)], capture_output=True, text=True,
+        timeout=60, cwd=REPO,
+    )
+
+
+def test_unknown_schedule_is_one_usage_line():
+    completed = _bench("layers", "--schedules", "1f1b,bitpip")
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--schedules" in lines[0] and "'bitpip'" in lines[0], lines
+
+
+def test_emulated_without_enough_ranks_says_how_to_launch_it():
+    completed = _bench("emulated", "--ranks", "4", "--out", "/nonexistent-never-written")
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "mpiexec -n 4" in lines[0], lines
+
+
+def test_all_joins_every_part_found_in_the_output_folder(tmp_path):
+    (tmp_path / "stale.json").write_text("{}")  # not a part: left out
+    completed = _bench("all", "--parts", "gpu", "--out", str(tmp_path))
+    assert completed.returncode == 0, completed.stderr
+    readme = (tmp_path / "README.md").read_text()
+    gpu_markdown = (tmp_path / "gpu.md").read_text().strip()
+    assert gpu_markdown in readme
+    assert "Command: `python -m mpipipe bench gpu" in readme
+    assert set(json.loads((tmp_path / "bench.json").read_text())) == {"gpu"}
