@@ -9,6 +9,8 @@ before MPI starts, so every rank of a node lands on its own GPU.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -26,6 +28,9 @@ LOCAL_RANK_VARIABLES = (
 )
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+
+# How often a host waiting for the GPU lets MPI make progress.
+DEVICE_POLL_S = 2e-5
 
 
 @dataclass
@@ -48,10 +53,22 @@ class Backend:
     def to_host(self, array) -> np.ndarray:
         return array.get() if self.is_gpu else np.asarray(array)
 
-    def synchronize(self) -> None:
-        """Wait for queued GPU work (before a buffer is handed to MPI or timed)."""
-        if self.is_gpu:
-            self.xp.cuda.get_current_stream().synchronize()
+    def synchronize(self, while_waiting: Callable[[], object] | None = None) -> None:
+        """Wait for queued GPU work (before a buffer is handed to MPI or timed).
+
+        With `while_waiting`, poll the stream and call it meanwhile, so MPI keeps
+        moving messages while the device computes; NumPy work is already done.
+        """
+        if not self.is_gpu:
+            return
+        stream = self.xp.cuda.get_current_stream()
+        if while_waiting is None:
+            stream.synchronize()
+            return
+        done = stream.record()
+        while not done.done:
+            while_waiting()
+            time.sleep(DEVICE_POLL_S)
 
 
 def array_module(array) -> ModuleType:

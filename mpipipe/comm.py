@@ -63,6 +63,8 @@ class Messenger:
         self.device_pool = BufferPool(lambda shape: xp.empty(shape, dtype=dtype))
         self.host_pool = BufferPool(self._pinned_empty) if self.staged else None
         self.sends: list[tuple[object, object, object | None]] = []  # (request, array, staging)
+        self.receives: list[PendingReceive] = []  # posted, not yet finished
+        self.syncs: list[PendingSync] = []  # started, not yet finished
 
     def _pinned_empty(self, shape):
         import numpy as np
@@ -81,10 +83,13 @@ class Messenger:
         else:
             staging = None
             request = self.comm.Irecv(buffer, source=peer, tag=tag)
-        return PendingReceive(request, buffer, staging, info)
+        pending = PendingReceive(request, buffer, staging, info)
+        self.receives.append(pending)
+        return pending
 
     def finish_receive(self, pending: PendingReceive):
         """Wait for a posted receive; return the array holding the data."""
+        self.receives.remove(pending)
         self.watchdog.wait(pending.request, pending.info)
         if pending.staging is not None:
             pending.buffer.set(pending.staging)
@@ -104,8 +109,16 @@ class Messenger:
         # Keep `array` referenced until MPI has read it.
         self.sends.append((request, array, staging))
 
-    def progress(self) -> None:
-        """Let MPI move data and drop the sends it has finished."""
+    def poll(self) -> None:
+        """Let MPI move data: test every send, posted receive and sync; drop finished sends.
+
+        Open MPI moves a large message only inside MPI calls of both ranks, so the
+        engine polls between ops and while the device computes.
+        """
+        for pending in self.receives:
+            pending.request.Test()
+        for sync in self.syncs:
+            sync.request.Test()
         if not self.sends:
             return
         still_pending = []
@@ -135,7 +148,14 @@ class Messenger:
         else:
             staging = None
             request = comm.Iallreduce(MPI.IN_PLACE, grad, op=MPI.SUM)
-        return PendingSync(request, grad, staging, info)
+        pending = PendingSync(request, grad, staging, info)
+        self.syncs.append(pending)
+        return pending
+
+    def finish_gradient_syncs(self) -> None:
+        for pending in self.syncs:
+            self.finish_gradient_sync(pending)
+        self.syncs = []
 
     def finish_gradient_sync(self, pending: PendingSync) -> None:
         self.watchdog.wait(pending.request, pending.info)

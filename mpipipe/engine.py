@@ -163,7 +163,6 @@ class Engine:
         self._handovers: dict[tuple, object] = {}
         self._posted: dict[int, object] = {}
         self._next_receive = 0
-        self._syncs = []
         self._losses = []
         self._compute_s = self._wait_s = 0.0
         self._first_start = self._last_end = None
@@ -173,7 +172,7 @@ class Engine:
         for position, lowered in enumerate(self.lowered):
             if position == middle:
                 self.faults.in_middle_of_step(step, self.store)
-            self.messenger.progress()
+            self.messenger.poll()
             self.watchdog.record(str(lowered.op))
             self._run(position, lowered)
         for bucket in self.launches.get(None, []):
@@ -231,7 +230,7 @@ class Engine:
             self._outgoing(lowered.send, dx)
 
     def _computed(self, label: str, start: float) -> None:
-        self.backend.synchronize()
+        self.backend.synchronize(while_waiting=self.messenger.poll)
         end = MPI.Wtime()
         self._compute_s += end - start
         self._first_start = start if self._first_start is None else self._first_start
@@ -299,13 +298,12 @@ class Engine:
             self.messenger.device_pool.give_back(buffer)
 
     def _start_sync(self, bucket, label: str) -> None:
-        self._syncs.append(self.messenger.start_gradient_sync(bucket.comm, bucket.grad, label))
+        self.messenger.start_gradient_sync(bucket.comm, bucket.grad, label)
 
     def _finish_step(self) -> None:
         start = MPI.Wtime()
         self.messenger.finish_sends("end of step")
-        for pending in self._syncs:
-            self.messenger.finish_gradient_sync(pending)
+        self.messenger.finish_gradient_syncs()
         end = MPI.Wtime()
         self._wait_s += end - start
         self.timeline.add("wait sends and syncs", "wait", start, end)
@@ -327,7 +325,9 @@ class Engine:
         row[_PEAK] = self._peak
         row[_STOP] = float(self.stop_requested)
         table = np.zeros((self.comm.Get_size(), _COLUMNS))
-        self.comm.Allgather(row, table)
+        # Non-blocking, so ranks that finish first wait under the watchdog, not spinning in MPI.
+        request = self.comm.Iallgather(row, table)
+        self.watchdog.wait(request, WaitInfo("step statistics", "end of step", None, None, 0))
         return StepStats(
             loss=float(table[:, _LOSS].sum()),
             grad_norm=math.sqrt(max(0.0, float(table[:, _SQUARED_NORM].sum())))

@@ -40,7 +40,6 @@ class BenchOptions:
     microbatch_multiples: list[int] = field(default_factory=lambda: [1, 2, 4])
     f0_ms: list[float] = field(default_factory=lambda: [20.0, 40.0])
     steps: int | None = None  # timed steps; None: each part's default
-    progress_while_waiting: bool = False  # emulated: see EmulatedSettings
     mpiexec: str | None = None  # launcher for `all`; None: jobs/local/mpirun.sh or mpiexec
     timeout_s: float = 3600.0
     command: str | None = None  # how the part was started, for the tables; None: from sys.argv
@@ -57,8 +56,6 @@ class BenchOptions:
                 "--microbatch-multiples", ",".join(map(str, self.microbatch_multiples)),
                 "--f0-ms", ",".join(f"{value:g}" for value in self.f0_ms),
             ]
-        if self.progress_while_waiting and part == "emulated":
-            arguments.append("--progress-while-waiting")
         if self.steps is not None and part in MPI_PARTS:
             arguments += ["--steps", str(self.steps)]
         return arguments + (["--quick"] if self.quick else [])
@@ -91,7 +88,6 @@ def emulated_settings(options: BenchOptions):
     settings = EmulatedSettings(
         ranks=options.ranks, microbatch_multiples=options.microbatch_multiples,
         schedules=options.schedules, f0_ms=options.f0_ms,
-        progress_while_waiting=options.progress_while_waiting,
     )
     if options.quick:
         settings.d_model, settings.seq_len, settings.steps = 256, 256, 2

@@ -44,8 +44,6 @@ class EmulatedSettings:
     microbatch_size: int = 1
     warmup_steps: int = 1
     steps: int = 4
-    # Keep MPI moving while the host waits for the device (emulates the proposed engine fix).
-    progress_while_waiting: bool = False
 
     @property
     def message_bytes(self) -> int:
@@ -120,7 +118,7 @@ def run_case(
     batcher = ZeroBatcher(settings.microbatch_size, settings.seq_len)
     plan = plan_run(config, ranks, comm.Get_rank(), model=model, batcher=batcher)
     costs = stage_costs(f0_s, ranks, plan.schedule.stages)
-    device = emulated_accelerator(comm.Iprobe if settings.progress_while_waiting else None)
+    device = emulated_accelerator()
     factory = emulated_compute_factory(
         model, plan.stage_layers, settings.microbatch_size, costs, device
     )

@@ -1,11 +1,9 @@
 """An emulated accelerator: work is queued and takes its time; the host waits in `synchronize`.
 
 Like a GPU stream, an op returns at once and the device stays busy for the
-op's cost; the engine's `backend.synchronize()` (which it calls after every
-op, as it must before timing or sending) is where the host waits, idle.
-With `progress` set, the host keeps MPI moving while it waits (one
-`Iprobe` per poll): that emulates a runtime that polls the device instead
-of blocking on it.
+op's cost; the engine's `backend.synchronize(while_waiting=...)` (which it
+calls after every op, as it must before timing or sending) is where the host
+waits, idle but for polling MPI, as it does on a GPU.
 """
 
 from __future__ import annotations
@@ -53,23 +51,22 @@ class EmulatedAccelerator(Backend):
     """A NumPy backend whose `synchronize` waits for the queued emulated work."""
 
     sleeper: Sleeper = field(default_factory=Sleeper)
-    progress: Callable[[], object] | None = None  # called while waiting, when set
     busy_until: float = 0.0
 
     def enqueue(self, seconds: float) -> None:
         self.busy_until = max(self.busy_until, time.perf_counter()) + seconds
 
-    def synchronize(self) -> None:
-        if self.progress is None:
+    def synchronize(self, while_waiting: Callable[[], object] | None = None) -> None:
+        if while_waiting is None:
             self.sleeper.sleep_until(self.busy_until)
             return
         while time.perf_counter() < self.busy_until:
-            self.progress()
+            while_waiting()
             self.sleeper.sleep_until(min(self.busy_until, time.perf_counter() + PROGRESS_POLL_S))
 
 
-def emulated_accelerator(progress: Callable[[], object] | None = None) -> EmulatedAccelerator:
-    return EmulatedAccelerator(xp=np, dtype=np.float32, device="cpu", progress=progress)
+def emulated_accelerator() -> EmulatedAccelerator:
+    return EmulatedAccelerator(xp=np, dtype=np.float32, device="cpu")
 
 
 class QueuedCompute:

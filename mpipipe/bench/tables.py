@@ -48,13 +48,6 @@ def emulated_markdown(
         "window (measured) and idle / makespan (simulated).",
         "",
     ]
-    if settings.progress_while_waiting:
-        lines[-1:-1] = [
-            "",
-            "Here the host keeps MPI moving while it waits for the device "
-            "(--progress-while-waiting): this emulates the proposed engine change of polling "
-            "the device and MPI together instead of blocking on the device.",
-        ]
     headers = ["D", "N", "schedule", "S", "F op (ms)", "step (ms)", "window (ms)",
                "simulated (ms)", "overhead", "bubble", "simulated bubble"]
     rows = [

@@ -39,9 +39,6 @@ def register(subparsers) -> None:
     parser.add_argument("--f0-ms", default=None, metavar="LIST",
                         help="emulated: forward time of one 1F1B stage in ms (default 20,40; "
                         "quick: 5)")
-    parser.add_argument("--progress-while-waiting", action="store_true",
-                        help="emulated: keep MPI moving while the host waits for the device "
-                        "(emulates polling the device instead of blocking on it)")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per case (default: each part's own)")
     parser.add_argument("--parts", default=None, metavar="LIST",
@@ -81,7 +78,6 @@ def options_from(args):
                                         [1] if quick else defaults.microbatch_multiples),
         f0_ms=parse_list(args.f0_ms, "--f0-ms", float, [5.0] if quick else defaults.f0_ms),
         steps=args.steps,
-        progress_while_waiting=args.progress_while_waiting,
         mpiexec=args.mpiexec,
         timeout_s=args.timeout,
         command=os.environ.get(COMMAND_VARIABLE),
