@@ -2,8 +2,10 @@
 
 Forward keeps `mean` and `rstd` (shape x.shape[:-1]) for the backward, as
 llm.c does. The backward is split like every layer's: the input half
-returns dx, the weight half accumulates into dweight and dbias.
-Row reductions of float32 inputs are accumulated in float64.
+returns dx, the weight half accumulates into dweight and dbias. The NumPy
+twin works in the input's own precision (NumPy sums rows pairwise, which
+keeps float32 accurate) and in place on as few temporaries as it can:
+LayerNorm is memory-bound.
 """
 
 from __future__ import annotations
@@ -13,27 +15,50 @@ import numpy as np
 from mpipipe.fused import cuda
 
 
+def _row_dot(a, b):
+    """sum(a * b) over the last axis, without an (..., C) temporary."""
+    return np.einsum("...c,...c->...", a, b)
+
+
 def layernorm_forward(x, weight, bias, eps: float = 1e-5):
     """Return (y, mean, rstd); x: (..., C), weight and bias: (C,)."""
     if cuda.on_gpu(x):
         return cuda.layernorm_forward(x, weight, bias, eps)
-    mean = x.mean(axis=-1, dtype=np.float64).astype(x.dtype)
-    centered = x - mean[..., None]
-    variance = np.mean(centered * centered, axis=-1, dtype=np.float64)
-    rstd = (1.0 / np.sqrt(variance + eps)).astype(x.dtype)
-    y = centered * rstd[..., None] * weight + bias
+    channels = x.shape[-1]
+    mean = x.mean(axis=-1)
+    y = x - mean[..., None]
+    variance = _row_dot(y, y)
+    variance /= channels
+    variance += eps
+    rstd = np.reciprocal(np.sqrt(variance, out=variance), out=variance)
+    y *= rstd[..., None]
+    y *= weight
+    y += bias
     return y, mean, rstd
+
+
+def _normalised(x, mean, rstd):
+    xhat = x - mean[..., None]
+    xhat *= rstd[..., None]
+    return xhat
 
 
 def layernorm_backward_input(dy, x, weight, mean, rstd):
     """dx from dy and the forward's x, mean and rstd."""
     if cuda.on_gpu(x):
         return cuda.layernorm_backward_input(dy, x, weight, mean, rstd)
-    xhat = (x - mean[..., None]) * rstd[..., None]
+    channels = x.shape[-1]
+    xhat = _normalised(x, mean, rstd)
     dxhat = dy * weight
-    mean_dxhat = dxhat.mean(axis=-1, dtype=np.float64).astype(x.dtype)
-    mean_dxhat_xhat = np.mean(dxhat * xhat, axis=-1, dtype=np.float64).astype(x.dtype)
-    return (dxhat - mean_dxhat[..., None] - xhat * mean_dxhat_xhat[..., None]) * rstd[..., None]
+    mean_dxhat = dxhat.mean(axis=-1)
+    mean_dxhat_xhat = _row_dot(dxhat, xhat)
+    mean_dxhat_xhat /= channels
+    # dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) * rstd
+    xhat *= mean_dxhat_xhat[..., None]
+    dxhat -= mean_dxhat[..., None]
+    dxhat -= xhat
+    dxhat *= rstd[..., None]
+    return dxhat
 
 
 def layernorm_backward_weight(dy, x, mean, rstd, dweight, dbias) -> None:
@@ -42,6 +67,7 @@ def layernorm_backward_weight(dy, x, mean, rstd, dweight, dbias) -> None:
         cuda.layernorm_backward_weight(dy, x, mean, rstd, dweight, dbias)
         return
     channels = x.shape[-1]
-    xhat = (x - mean[..., None]) * rstd[..., None]
-    dweight += np.sum((dy * xhat).reshape(-1, channels), axis=0, dtype=np.float64)
-    dbias += np.sum(dy.reshape(-1, channels), axis=0, dtype=np.float64)
+    xhat = _normalised(x, mean, rstd).reshape(-1, channels)
+    dy_rows = dy.reshape(-1, channels)
+    dweight += np.einsum("nc,nc->c", dy_rows, xhat)
+    dbias += dy_rows.sum(axis=0)
