@@ -78,7 +78,11 @@ def prepare_out_dir(path: str) -> None:
 
 
 def run(args) -> int:
-    from mpipipe.backend import select_backend
+    from mpipipe.backend import (
+        local_rank_from_environment,
+        select_backend,
+        shared_memory_local_rank,
+    )
     from mpipipe.config.load import load_config
 
     # Read the config and bind the GPU before MPI starts; every rank does the same.
@@ -105,6 +109,11 @@ def run(args) -> int:
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     out_dir = args.out or default_out_dir(args.config)
+    if backend.is_gpu and local_rank_from_environment() is None:
+        # No launcher told us the node-local rank: ask MPI which ranks share this node.
+        backend = select_backend(
+            config.runtime.device, config.runtime.dtype, shared_memory_local_rank(comm)
+        )
 
     def setup():
         plan = plan_run(config, comm.Get_size(), rank)

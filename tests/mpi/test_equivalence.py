@@ -74,3 +74,4 @@ def test_training_changes_parameters_and_reduces_loss():
         assert moved, "no parameter changed"
         assert rows[-1]["loss"] < rows[0]["loss"]
     comm.Free()
+
