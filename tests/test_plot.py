@@ -69,9 +69,14 @@ def test_timeline_figure_has_one_box_per_op_and_wait(run_dir):
     record = read_run(str(run_dir))
     figure = draw_step_timeline(record, 1)
     axes = figure.axes[0]
-    assert len(axes.collections) == len(step_intervals(record.trace_events, 1))
+    intervals = step_intervals(record.trace_events, 1)
+    assert len(axes.collections) == len(intervals)
     labels = [text.get_text() for text in axes.texts]
-    assert labels and set(labels) <= {str(m) for m in range(MICROBATCHES)}
+    assert set(labels) <= {str(m) for m in range(MICROBATCHES)}
+    # Boxes too narrow for a digit go unlabelled; a tenth of the step always has room.
+    window = max(interval.end_ms for interval in intervals)
+    wide = [i for i in intervals if i.op is not None and i.duration_ms >= 0.1 * window]
+    assert len(labels) >= len(wide)
     assert [tick.get_text() for tick in axes.get_yticklabels()] == [
         f"rank {rank}" for rank in range(RANKS)
     ]
