@@ -27,15 +27,15 @@ DPI = 120
 LEGEND_INCHES = 0.35  # room under the axes for a one-row legend
 
 
-def load_pyplot():
-    """matplotlib.pyplot on the file-only Agg backend, or a UsageError saying how to install it."""
+def load_pyplot(missing: str = f"plot: matplotlib is not installed; {INSTALL_HINT}"):
+    """matplotlib.pyplot on the file-only Agg backend, or a UsageError saying `missing`."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as pyplot
     except ImportError:
-        raise UsageError(f"plot: matplotlib is not installed; {INSTALL_HINT}") from None
+        raise UsageError(missing) from None
     return pyplot
 
 

@@ -44,7 +44,17 @@ __all__ = [
     "validate",
 ]
 
-SCHEDULE_KINDS = ("gpipe", "1f1b", "interleaved", "chimera", "bitpipe", "zb-h1", "zb-v")
+# Each generator takes (ranks, microbatches); interleaved also takes chunks.
+_GENERATORS = {
+    "gpipe": gpipe_schedule,
+    "1f1b": one_f_one_b_schedule,
+    "interleaved": interleaved_schedule,
+    "chimera": chimera_schedule,
+    "bitpipe": bitpipe_schedule,
+    "zb-h1": zb_h1_schedule,
+    "zb-v": zb_v_schedule,
+}
+SCHEDULE_KINDS = tuple(_GENERATORS)
 
 _EVEN_RANKS = ("chimera", "bitpipe", "zb-v")
 _MICROBATCHES_PER_RANK = ("interleaved", "chimera", "bitpipe")  # N a multiple of D
@@ -99,17 +109,8 @@ def check_constraints(kind: str, ranks: int, microbatches: int, chunks: int = 2)
 def build_schedule(kind: str, ranks: int, microbatches: int, chunks: int = 2) -> Schedule:
     """Generate and validate the schedule of `kind` for D = ranks, N = microbatches."""
     check_constraints(kind, ranks, microbatches, chunks)
-    if kind == "interleaved":
-        return validate(interleaved_schedule(ranks, microbatches, chunks))
-    generators = {
-        "gpipe": gpipe_schedule,
-        "1f1b": one_f_one_b_schedule,
-        "chimera": chimera_schedule,
-        "bitpipe": bitpipe_schedule,
-        "zb-h1": zb_h1_schedule,
-        "zb-v": zb_v_schedule,
-    }
-    return validate(generators[kind](ranks, microbatches))
+    extra = (chunks,) if kind == "interleaved" else ()
+    return validate(_GENERATORS[kind](ranks, microbatches, *extra))
 
 
 def _check_kind(kind: str) -> None:

@@ -40,14 +40,22 @@ DOWN, UP = 0, 1
 FIRST, SECOND = 0, 1  # arms of the V
 
 
+def _arm_stages(rank: int, ranks: int) -> dict[tuple[int, int], int]:
+    """The stage `rank` holds on each (pipe, arm) of the V."""
+    return {
+        (DOWN, FIRST): rank,
+        (DOWN, SECOND): 2 * ranks - 1 - rank,
+        (UP, FIRST): ranks - 1 - rank,
+        (UP, SECOND): ranks + rank,
+    }
+
+
 def bitpipe_placement(ranks: int) -> dict[tuple[int, int], int]:
-    placement = {}
-    for rank in range(ranks):
-        placement[(DOWN, rank)] = rank
-        placement[(DOWN, 2 * ranks - 1 - rank)] = rank
-        placement[(UP, ranks - 1 - rank)] = rank
-        placement[(UP, ranks + rank)] = rank
-    return placement
+    return {
+        (pipe, stage): rank
+        for rank in range(ranks)
+        for (pipe, _), stage in _arm_stages(rank, ranks).items()
+    }
 
 
 def bitpipe_schedule(ranks: int, microbatches: int) -> Schedule:
@@ -70,12 +78,7 @@ def _visits(
     """All of `rank`'s ops of one type, unit after unit, each unit merged by `_merge`."""
     half = ranks // 2
     early = half - rank if rank < half else rank - half + 1
-    stage = {
-        (DOWN, FIRST): rank,
-        (DOWN, SECOND): 2 * ranks - 1 - rank,
-        (UP, FIRST): ranks - 1 - rank,
-        (UP, SECOND): ranks + rank,
-    }
+    stage = _arm_stages(rank, ranks)
     visits = []
     for first_microbatch in range(0, microbatches, ranks):
         offset = {DOWN: first_microbatch, UP: first_microbatch + half}

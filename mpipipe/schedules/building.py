@@ -56,14 +56,11 @@ def make_schedule(
     options: dict | None = None,
 ) -> Schedule:
     """Wrap per-rank op lists (without SYNCs) into a Schedule with eager syncs added."""
-    stages = 1 + max(stage for _, stage in rank_of_chunk)
-    pipes = 1 + max(pipe for pipe, _ in rank_of_chunk)
-    placement = Placement(ranks=ranks, stages=stages, pipes=pipes, rank_of_chunk=rank_of_chunk)
     return Schedule(
         kind=kind,
         ranks=ranks,
         microbatches=microbatches,
-        placement=placement,
+        placement=Placement.from_chunks(ranks, rank_of_chunk),
         ops=[with_eager_syncs(rank_ops) for rank_ops in ops],
         options=options or {},
     )

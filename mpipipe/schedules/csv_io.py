@@ -23,7 +23,7 @@ import re
 
 from mpipipe.errors import UsageError
 from mpipipe.schedules.building import with_eager_syncs
-from mpipipe.schedules.ops import Op, OpType
+from mpipipe.schedules.ops import Op, OpType, chunk_name
 from mpipipe.schedules.schedule import Placement, Schedule
 from mpipipe.schedules.validate import validate
 
@@ -125,11 +125,8 @@ def _infer_placement(ops: list[list[Op]], source: str) -> Placement:
         for op in rank_ops:
             owner = rank_of_chunk.setdefault(op.chunk, rank)
             if owner != rank:
-                pipe = "up" if op.pipe else "down"
                 raise UsageError(
-                    f"{source}: stage {op.stage} of the {pipe} pipe has ops on ranks {owner} and "
+                    f"{source}: {chunk_name(op)} has ops on ranks {owner} and "
                     f"{rank} ({op} on rank {rank}); each (pipe, stage) must live on one rank"
                 )
-    stages = 1 + max(stage for _, stage in rank_of_chunk)
-    pipes = 1 + max(pipe for pipe, _ in rank_of_chunk)
-    return Placement(ranks=len(ops), stages=stages, pipes=pipes, rank_of_chunk=rank_of_chunk)
+    return Placement.from_chunks(len(ops), rank_of_chunk)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mpipipe.schedules.ops import Op, OpType
+from mpipipe.schedules.ops import Op, OpType, pipe_name
 from mpipipe.schedules.schedule import Schedule
 
 ACTIVATION, GRADIENT = "activation", "gradient"
@@ -66,9 +66,8 @@ def describe_tag(tag: int, stages: int, pipes: int) -> str:
     boundary, rest = rest % boundaries, rest // boundaries
     pipe, microbatch = rest % pipes, rest // pipes
     arrow = "->" if direction == 0 else "<-"
-    pipe_name = "up" if pipe == 1 else "down"
     return (
-        f"{_DIRECTIONS[direction]} of micro-batch {microbatch}, {pipe_name} pipe, "
+        f"{_DIRECTIONS[direction]} of micro-batch {microbatch}, {pipe_name(pipe)} pipe, "
         f"stage {boundary} {arrow} {boundary + 1}"
     )
 

@@ -75,3 +75,12 @@ class Op:
             microbatch=int(microbatch) if microbatch else -1,
             pipe=1 if match["pipe"] == "u" else 0,
         )
+
+
+def pipe_name(pipe: int) -> str:
+    return "up" if pipe == 1 else "down"
+
+
+def chunk_name(op: Op) -> str:
+    """Where `op` runs, in words: 'stage 2 of the up pipe'."""
+    return f"stage {op.stage} of the {pipe_name(op.pipe)} pipe"

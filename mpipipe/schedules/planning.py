@@ -13,6 +13,7 @@ import heapq
 from collections.abc import Callable
 
 from mpipipe.schedules.ops import Op, OpType
+from mpipipe.schedules.schedule import Placement
 from mpipipe.schedules.simulate import dependencies
 
 
@@ -24,7 +25,7 @@ def plan_by_priority(
     priority: Callable[[Op], tuple],
     in_flight_cap: int | None = None,
 ) -> list[list[Op]]:
-    stages = 1 + max(stage for _, stage in rank_of_chunk)
+    stages = Placement.from_chunks(ranks, rank_of_chunk).stages
     if split_backward:
         types = (OpType.FORWARD, OpType.BACKWARD_INPUT, OpType.BACKWARD_WEIGHT)
         releasing = OpType.BACKWARD_WEIGHT

@@ -6,7 +6,7 @@ import math
 from fractions import Fraction
 
 from mpipipe.errors import UsageError
-from mpipipe.plots.style import OP_COLOURS, OP_NAMES
+from mpipipe.plots.style import OP_COLOURS, OP_NAMES, load_pyplot, save, tidy
 from mpipipe.schedules.ops import OpType
 from mpipipe.schedules.simulate import Simulation
 
@@ -110,16 +110,9 @@ def chrome_trace(simulation: Simulation) -> dict:
 
 def write_png(simulation: Simulation, path: str) -> None:
     """A figure like the papers': one row per rank, time across, micro-batch numbers in boxes."""
-    try:
-        import matplotlib
+    plt = load_pyplot("--format png needs matplotlib: pip install mpipipe[plot]")
+    from matplotlib.patches import Patch
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import Patch
-    except ImportError:
-        raise UsageError(
-            "--format png needs matplotlib: pip install mpipipe[plot]"
-        ) from None
     schedule = simulation.schedule
     makespan = simulation.makespan or 1.0
     width = min(4 + 0.3 * makespan, 24)
@@ -161,11 +154,9 @@ def write_png(simulation: Simulation, path: str) -> None:
     axes.legend(
         handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False
     )
-    for side in ("top", "right"):
-        axes.spines[side].set_visible(False)
+    tidy(axes)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save(figure, path)
 
 
 def _exact(time: float) -> Fraction:

@@ -21,6 +21,16 @@ class Placement:
     pipes: int
     rank_of_chunk: dict[tuple[int, int], int]
 
+    @classmethod
+    def from_chunks(cls, ranks: int, rank_of_chunk: dict[tuple[int, int], int]) -> Placement:
+        """The placement of `rank_of_chunk`, its stage and pipe counts read from its keys."""
+        return cls(
+            ranks=ranks,
+            stages=1 + max(stage for _, stage in rank_of_chunk),
+            pipes=1 + max(pipe for pipe, _ in rank_of_chunk),
+            rank_of_chunk=rank_of_chunk,
+        )
+
     def rank(self, pipe: int, stage: int) -> int:
         return self.rank_of_chunk[(pipe, stage)]
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 from mpipipe.errors import UsageError
 from mpipipe.schedules.grid import ScheduleError, step_grid
+from mpipipe.schedules.lowering import lower
 from mpipipe.schedules.ops import Op, OpType
 from mpipipe.schedules.schedule import Schedule
 
@@ -156,16 +157,11 @@ class Simulation:
     @property
     def messages(self) -> int:
         """Point-to-point messages of one step (local hand-overs are not messages)."""
-        placement = self.schedule.placement
-        count = 0
-        for rank, rank_ops in enumerate(self.timeline):
-            for timed in rank_ops:
-                op = timed.op
-                if op.type is OpType.FORWARD and op.stage < self.schedule.stages - 1:
-                    count += placement.rank(op.pipe, op.stage + 1) != rank
-                elif op.type in (OpType.BACKWARD, OpType.BACKWARD_INPUT) and op.stage > 0:
-                    count += placement.rank(op.pipe, op.stage - 1) != rank
-        return count
+        return sum(
+            lowered.send is not None and lowered.send.peer is not None
+            for rank in range(self.schedule.ranks)
+            for lowered in lower(self.schedule, rank)
+        )
 
     @property
     def sync_starts(self) -> list[dict[str, float]]:

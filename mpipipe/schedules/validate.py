@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 
 from mpipipe.schedules.grid import ScheduleError, step_grid
-from mpipipe.schedules.ops import Op, OpType
+from mpipipe.schedules.ops import Op, OpType, chunk_name, pipe_name
 from mpipipe.schedules.schedule import Schedule
 from mpipipe.schedules.simulate import simulate
 
@@ -83,9 +83,9 @@ def _op_problem(
     """What is wrong with `op` where it stands on `rank`, if anything."""
     owner = schedule.placement.rank_of_chunk.get(op.chunk)
     if owner is None:
-        return f"{op} on rank {rank}: no rank holds {_chunk_name(op)}"
+        return f"{op} on rank {rank}: no rank holds {chunk_name(op)}"
     if owner != rank:
-        return f"{op} runs on rank {rank}, but {_chunk_name(op)} is on rank {owner}"
+        return f"{op} runs on rank {rank}, but {chunk_name(op)} is on rank {owner}"
     if op.type is OpType.SYNC:
         return None
     if op.type is not OpType.FORWARD and op.type not in backward_types:
@@ -97,7 +97,7 @@ def _op_problem(
             f"0..{schedule.microbatches - 1}"
         )
     if pipe_of[op.microbatch] != op.pipe:
-        pipe = _pipe_name(pipe_of[op.microbatch])
+        pipe = pipe_name(pipe_of[op.microbatch])
         return f"{op} on rank {rank}: micro-batch {op.microbatch} entered the {pipe} pipe"
     return None
 
@@ -118,7 +118,7 @@ def _sync_problems(schedule: Schedule, backward_types: tuple[OpType, ...]) -> li
             )
             if not steps:
                 problems.append(
-                    (None, f"rank {rank} never starts the gradient sync of {_chunk_name(sync)}: "
+                    (None, f"rank {rank} never starts the gradient sync of {chunk_name(sync)}: "
                            f"add {sync} after its last backward")
                 )
             elif steps[0] < last_backward:
@@ -142,14 +142,6 @@ def _pipe_of_microbatch(schedule: Schedule) -> dict[int, int]:
     }
 
 
-def _pipe_name(pipe: int) -> str:
-    return "up" if pipe == 1 else "down"
-
-
-def _chunk_name(op: Op) -> str:
-    return f"stage {op.stage} of the {_pipe_name(op.pipe)} pipe"
-
-
 def _describe(op: Op) -> str:
     names = {
         OpType.FORWARD: "forward",
@@ -157,4 +149,4 @@ def _describe(op: Op) -> str:
         OpType.BACKWARD_INPUT: "input-gradient backward",
         OpType.BACKWARD_WEIGHT: "weight-gradient backward",
     }
-    return f"{names[op.type]} of micro-batch {op.microbatch} at {_chunk_name(op)}"
+    return f"{names[op.type]} of micro-batch {op.microbatch} at {chunk_name(op)}"
