@@ -8,10 +8,11 @@ the MLP read the same normalised input and both add to the residual,
 
     y = x + attn(ln(x)) + mlp(ln(x))
 
-`ParallelBlock` writes that block's forward and its backward, split into the
-input-gradient half and the weight-gradient half, from the library's
-LayerNorm, Attention and MLP, so every schedule can run it (the zero-bubble
-ones included, which run the two halves at different times). The rest is the
+`ParallelBlock` writes that block's forward and the input-gradient half of
+its backward from the library's LayerNorm, Attention and MLP, keeping each
+sublayer's weight cache under its name; `Composite` replays those for the
+weight-gradient half, so every schedule can run it (the zero-bubble ones
+included, which run the two halves at different times). The rest is the
 usual GPT layer list, the plan (schedule, stages, data) and the Trainer.
 """
 
@@ -76,16 +77,14 @@ class ParallelBlock(Composite):
     def backward_input(self, params: dict, dy, cache):
         ln, attn, mlp = self.sublayers.values()
         ln_cache, attn_cache, mlp_cache = cache
-        dh, attn_wcache = attn.backward_input(scoped(params, "attn"), dy, attn_cache)
-        dh_mlp, mlp_wcache = mlp.backward_input(scoped(params, "mlp"), dy, mlp_cache)
+        # Each sublayer's weight cache, by name: Composite.backward_weight replays them.
+        wcaches = {}
+        dh, wcaches["attn"] = attn.backward_input(scoped(params, "attn"), dy, attn_cache)
+        dh_mlp, wcaches["mlp"] = mlp.backward_input(scoped(params, "mlp"), dy, mlp_cache)
         dh += dh_mlp
-        dx, ln_wcache = ln.backward_input(scoped(params, "ln"), dh, ln_cache)
+        dx, wcaches["ln"] = ln.backward_input(scoped(params, "ln"), dh, ln_cache)
         dx += dy  # the residual path
-        return dx, (ln_wcache, attn_wcache, mlp_wcache)
-
-    def backward_weight(self, grads: dict, wcache) -> None:
-        for (name, layer), layer_wcache in zip(self.sublayers.items(), wcache, strict=True):
-            layer.backward_weight(scoped(grads, name), layer_wcache)
+        return dx, wcaches
 
 
 def parallel_gpt(seq_len: int, n_layer: int, n_head: int, channels: int) -> Model:

@@ -9,7 +9,7 @@ data itself (token ids of an .npy file) are checked when the data is opened.
 from __future__ import annotations
 
 from mpipipe.config.schema import Config
-from mpipipe.data.batches import SPECIAL_TOKENS
+from mpipipe.data.batches import SPECIAL_TOKENS, special_tokens
 from mpipipe.data.corpus import BYTE_VOCAB_SIZE
 from mpipipe.errors import UsageError
 from mpipipe.schedules import check_constraints
@@ -59,7 +59,7 @@ def _check_heads(config: Config) -> None:
 def _check_vocabulary(config: Config) -> None:
     kind, source, vocab_size = config.model.kind, config.data.source, config.model.vocab_size
     if source in BYTE_SOURCES:
-        needed = BYTE_VOCAB_SIZE + (SPECIAL_TOKENS if kind == "bert" else 0)
+        needed = BYTE_VOCAB_SIZE + special_tokens(kind)
         if vocab_size < needed:
             extra = (f" plus {SPECIAL_TOKENS} for BERT's PAD and MASK tokens"
                      if kind == "bert" else "")

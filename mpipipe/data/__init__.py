@@ -11,7 +11,7 @@ import numpy as np
 
 from mpipipe.config.schema import DATA_SOURCES, Config
 from mpipipe.data.arrays import hdf5_tokens, npy_tokens, token_vocab_size
-from mpipipe.data.batches import SPECIAL_TOKENS, Batcher
+from mpipipe.data.batches import Batcher, special_tokens, window_length
 from mpipipe.data.corpus import BYTE_VOCAB_SIZE, stdlib_corpus, text_corpus
 from mpipipe.data.random_tokens import random_tokens
 from mpipipe.errors import UsageError
@@ -43,8 +43,7 @@ def _open_source(config: Config) -> tuple[np.ndarray, int, str]:
     if data.source == "text":
         return text_corpus(data.path), BYTE_VOCAB_SIZE, f"data.path {data.path!r}"
     if data.source == "random":
-        special = SPECIAL_TOKENS if config.model.kind == "bert" else 0
-        vocab_size = max(1, config.model.vocab_size - special)
+        vocab_size = max(1, config.model.vocab_size - special_tokens(config.model.kind))
         count = max(RANDOM_TOKENS_COUNT, config.model.seq_len + 1)
         tokens = random_tokens(vocab_size, count, config.train.seed)
         return tokens, vocab_size, "data.source 'random'"
@@ -61,12 +60,12 @@ def _open_source(config: Config) -> tuple[np.ndarray, int, str]:
 def _check_fits(tokens: np.ndarray, where: str, config: Config, vocab_size: int) -> None:
     """The corpus holds one window and its token ids (plus BERT's PAD and MASK) fit the model."""
     model = config.model
-    window, formula = ((model.seq_len + 1, "model.seq_len + 1") if model.kind == "gpt"
-                       else (model.seq_len, "model.seq_len"))
+    window = window_length(model.kind, model.seq_len)
+    formula = "model.seq_len + 1" if window > model.seq_len else "model.seq_len"
     if len(tokens) < window:
         raise UsageError(f"{where} has {len(tokens)} tokens, fewer than {formula} = {window}: use "
                          "a longer corpus or a smaller model.seq_len")
-    special = SPECIAL_TOKENS if model.kind == "bert" else 0
+    special = special_tokens(model.kind)
     if vocab_size + special > model.vocab_size:
         bert = f" + {special} for BERT's PAD and MASK" if special else ""
         raise UsageError(

@@ -30,6 +30,17 @@ from mpipipe.layers.cross_entropy import IGNORE_INDEX
 SPECIAL_TOKENS = 2  # BERT's PAD and MASK, appended after the data vocabulary
 KINDS = ("gpt", "bert")
 
+
+def special_tokens(kind: str) -> int:
+    """Ids a `kind` model needs beyond the data vocabulary: BERT's PAD and MASK, none for GPT."""
+    return SPECIAL_TOKENS if kind == "bert" else 0
+
+
+def window_length(kind: str, seq_len: int) -> int:
+    """Tokens one sample reads: GPT's targets run one token past its inputs."""
+    return seq_len + 1 if kind == "gpt" else seq_len
+
+
 # Distinguishes the data order from the other users of the run's seed.
 DATA_STREAM = 0xDA7A
 
@@ -55,7 +66,7 @@ class Batcher:
         self.vocab_size = vocab_size
         self.mask_prob = mask_prob
         self.shortest = max(1, math.ceil(round(min_fill * seq_len, 9)))
-        self.window = seq_len + 1 if kind == "gpt" else seq_len
+        self.window = window_length(kind, seq_len)
         if len(tokens) < self.window:
             raise ValueError(f"{len(tokens)} tokens are fewer than one window of {self.window}")
         self._normalizer: tuple[int, float] | None = None  # (step, value) of the last step asked
@@ -71,7 +82,7 @@ class Batcher:
     @property
     def model_vocab_size(self) -> int:
         """Smallest model vocabulary that holds every input and target id."""
-        return self.vocab_size + (SPECIAL_TOKENS if self.kind == "bert" else 0)
+        return self.vocab_size + special_tokens(self.kind)
 
     @property
     def samples_per_step(self) -> int:

@@ -79,7 +79,8 @@ class Attention(Composite):
     def backward_input(self, params: dict, dy, cache):
         qkv_cache, qkv, att, merged, proj_cache = cache
         xp = array_module(dy)
-        dmerged, proj_wcache = self.sublayers["proj"].backward_input(
+        wcaches = {}
+        dmerged, wcaches["proj"] = self.sublayers["proj"].backward_input(
             scoped(params, "proj"), dy, proj_cache
         )
         dheads = self.as_heads(dmerged)  # (B, H, T, D)
@@ -96,15 +97,10 @@ class Attention(Composite):
         datt *= 1.0 / math.sqrt(self.head_size)
         xp.matmul(datt, k, out=dq)
         xp.matmul(datt.swapaxes(-1, -2), q, out=dk)
-        dx, qkv_wcache = self.sublayers["qkv"].backward_input(
+        dx, wcaches["qkv"] = self.sublayers["qkv"].backward_input(
             scoped(params, "qkv"), dqkv, qkv_cache
         )
-        return dx, (qkv_wcache, proj_wcache)
-
-    def backward_weight(self, grads: dict, wcache) -> None:
-        qkv_wcache, proj_wcache = wcache
-        self.sublayers["qkv"].backward_weight(scoped(grads, "qkv"), qkv_wcache)
-        self.sublayers["proj"].backward_weight(scoped(grads, "proj"), proj_wcache)
+        return dx, wcaches
 
     def cost(self, microbatch_size: int, seq_len: int, itemsize: int) -> LayerCost:
         linears = super().cost(microbatch_size, seq_len, itemsize)

@@ -2,7 +2,7 @@
 
 Parameters carry dotted names ("ln1.weight", "attn.qkv.weight",
 "mlp.fc.bias", ...). The input half of the backward chains the sublayers'
-input halves and keeps their weight caches; the weight half replays them.
+input halves and keeps their weight caches; Composite's weight half replays them.
 """
 
 from __future__ import annotations
@@ -63,7 +63,3 @@ class Block(Composite):
         )
         dx += dresidual
         return dx, wcaches
-
-    def backward_weight(self, grads: dict, wcache) -> None:
-        for name, layer in self.sublayers.items():
-            layer.backward_weight(scoped(grads, name), wcache[name])

@@ -3,6 +3,10 @@
 A block holding `attn`, whose `qkv` sublayer holds `weight`, owns the
 parameter "attn.qkv.weight". A composite hands each sublayer the view of the
 dicts under its prefix, so sublayers never see their parents' names.
+
+A composite writes its own forward and backward_input; the weight cache that
+backward_input returns maps each sublayer's name to that sublayer's weight
+cache, and the shared backward_weight replays them.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ def add_costs(costs: list[LayerCost]) -> LayerCost:
 
 
 class Composite(Layer):
-    """Parameters, initialisation and cost of a layer made of `sublayers` (name -> layer)."""
+    """Parameters, initialisation, weight gradients and cost of a layer made of `sublayers`
+    (name -> layer)."""
 
     sublayers: dict[str, Layer]
 
@@ -46,6 +51,11 @@ class Composite(Layer):
             for prefix, layer in self.sublayers.items()
             for name, value in layer.init_params(rng).items()
         }
+
+    def backward_weight(self, grads: dict, wcache: dict) -> None:
+        """`wcache` maps every sublayer's name to the weight cache its backward_input returned."""
+        for name, layer in self.sublayers.items():
+            layer.backward_weight(scoped(grads, name), wcache[name])
 
     def cost(self, microbatch_size: int, seq_len: int, itemsize: int) -> LayerCost:
         return add_costs(

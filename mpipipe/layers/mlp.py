@@ -35,12 +35,8 @@ class MLP(Composite):
     def backward_input(self, params: dict, dy, cache):
         fc, gelu, proj = self.sublayers.values()
         fc_cache, gelu_cache, proj_cache = cache
-        dh, proj_wcache = proj.backward_input(scoped(params, "proj"), dy, proj_cache)
-        dh, _ = gelu.backward_input({}, dh, gelu_cache)
-        dx, fc_wcache = fc.backward_input(scoped(params, "fc"), dh, fc_cache)
-        return dx, (fc_wcache, proj_wcache)
-
-    def backward_weight(self, grads: dict, wcache) -> None:
-        fc_wcache, proj_wcache = wcache
-        self.sublayers["fc"].backward_weight(scoped(grads, "fc"), fc_wcache)
-        self.sublayers["proj"].backward_weight(scoped(grads, "proj"), proj_wcache)
+        wcaches = {}
+        dh, wcaches["proj"] = proj.backward_input(scoped(params, "proj"), dy, proj_cache)
+        dh, wcaches["gelu"] = gelu.backward_input({}, dh, gelu_cache)
+        dx, wcaches["fc"] = fc.backward_input(scoped(params, "fc"), dh, fc_cache)
+        return dx, wcaches

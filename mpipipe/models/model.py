@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpipipe.config.schema import ModelConfig
-from mpipipe.data.batches import SPECIAL_TOKENS
+from mpipipe.data.batches import special_tokens
 from mpipipe.errors import UsageError, did_you_mean
 from mpipipe.layers.base import Layer, LayerCost
 from mpipipe.models.bert import bert_layers
@@ -104,7 +104,7 @@ def check_model_config(config: ModelConfig, data_vocab: int | None) -> None:
             f"use model.n_head in {divisors} or model.d_model={next_multiple}"
         )
     if data_vocab is not None:
-        needed = data_vocab + (SPECIAL_TOKENS if config.kind == "bert" else 0)
+        needed = data_vocab + special_tokens(config.kind)
         if config.vocab_size < needed:
             extra = " (the data's tokens plus PAD and MASK)" if config.kind == "bert" else ""
             raise UsageError(
