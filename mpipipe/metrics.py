@@ -23,6 +23,7 @@ class MetricsWriter:
             self.handle = None
 
 
-def read_metrics(run_dir: str) -> list[dict]:
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """Every row of RUN_DIR/metrics.jsonl, in order."""
     with open(os.path.join(run_dir, "metrics.jsonl")) as handle:
         return [json.loads(line) for line in handle if line.strip()]

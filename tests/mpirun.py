@@ -46,6 +46,19 @@ class JobResult:
         return self.stdout + self.stderr
 
 
+def rank_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a test job: one BLAS thread, progress as log lines, `env`."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MPIPIPE_PROGRESS": "log", **(env or {})}
+
+
+def rank_command(ranks: int, args: list[str]) -> list[str]:
+    """mpirun of `python ARGS` on `ranks` ranks, each wrapped to report its own exit code."""
+    return [
+        "bash", str(MPIRUN), "-n", str(ranks),
+        "bash", "-c", RANK_WRAPPER, "rank", sys.executable, *args,
+    ]
+
+
 def run_ranks(
     ranks: int,
     args: list[str],
@@ -54,19 +67,31 @@ def run_ranks(
     cwd: Path | str = REPO,
 ) -> JobResult:
     """Run `python ARGS` on `ranks` ranks (see mpipipe_args for `python -m mpipipe ...`)."""
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MPIPIPE_PROGRESS": "log"}
-    environment.update(env or {})
-    command = [
-        "bash", str(MPIRUN), "-n", str(ranks),
-        "bash", "-c", RANK_WRAPPER, "rank", sys.executable, *args,
-    ]
     started = time.monotonic()
     completed = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=cwd
+        rank_command(ranks, args), capture_output=True, text=True, timeout=timeout,
+        env=rank_environment(env), cwd=cwd,
     )
     return JobResult(
         completed.returncode, completed.stdout, completed.stderr, time.monotonic() - started
     )
+
+
+def start_ranks(
+    ranks: int, args: list[str], env: dict[str, str] | None = None, cwd: Path | str = REPO
+) -> subprocess.Popen:
+    """The job of run_ranks, started in the background; end it with `end_job` in a finally."""
+    return subprocess.Popen(
+        rank_command(ranks, args), cwd=cwd, env=rank_environment(env),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def end_job(job: subprocess.Popen) -> None:
+    """Kill a background job if it still runs, and reap it."""
+    if job.poll() is None:
+        job.kill()
+        job.communicate()
 
 
 def mpipipe_args(*args: str) -> list[str]:

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 
@@ -24,13 +23,12 @@ from mpipipe.checkpoint.folder import PARTIAL_SUFFIX, checkpoint_name
 
 from mpirun import (
     EVERY_RANK_EXITS_ITSELF,
-    MPIRUN,
-    RANK_WRAPPER,
-    REPO,
     JobResult,
+    end_job,
     mpipipe_args,
     rank_pids,
     run_ranks,
+    start_ranks,
 )
 
 TINY = [
@@ -57,12 +55,7 @@ def metrics(run_dir) -> list[dict]:
 def start_job(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     """Start a 4-rank job in the background; returns it and the marker its ranks carry."""
     marker = uuid.uuid4().hex
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MPIPIPE_PROGRESS": "log",
-                   **EVERY_RANK_EXITS_ITSELF, JOB_MARKER: marker, **env}
-    command = ["bash", str(MPIRUN), "-n", "4", "bash", "-c", RANK_WRAPPER, "rank",
-               sys.executable, *args]
-    job = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    job = start_ranks(4, args, env={**EVERY_RANK_EXITS_ITSELF, JOB_MARKER: marker, **env})
     return job, marker
 
 
@@ -91,9 +84,7 @@ def test_sigkill_in_the_middle_of_a_save_resumes_from_the_previous_checkpoint(tm
             os.kill(pid, signal.SIGKILL)
         job.communicate(timeout=60)
     finally:
-        if job.poll() is None:
-            job.kill()
-            job.communicate()
+        end_job(job)
     assert sorted(os.listdir(folder)) == [checkpoint_name(2), partial.name]
     before_crash = metrics(run_dir)
     assert [row["step"] for row in before_crash] == [0, 1, 2, 3]
@@ -117,9 +108,7 @@ def test_sigterm_on_one_rank_saves_and_every_rank_exits_75_then_resumes(tmp_path
         os.kill(rank_pids(marker)[2], signal.SIGTERM)
         stdout, stderr = job.communicate(timeout=60)
     finally:
-        if job.poll() is None:
-            job.kill()
-            job.communicate()
+        end_job(job)
     exits = JobResult(job.returncode, stdout, stderr, 0.0).rank_exits
     assert exits == {0: 75, 1: 75, 2: 75, 3: 75}, stderr[-2000:]
     step = len(metrics(run_dir))

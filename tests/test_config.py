@@ -16,6 +16,8 @@ from mpipipe.config.show import config_to_dict, format_config
 from mpipipe.config.validate import validate_config
 from mpipipe.errors import UsageError
 
+from oneline import one_line_error
+
 # (config file text or None, --set overrides, fragments the one-line message must hold:
 #  the key it names and the hint it gives)
 BAD_INPUTS = [
@@ -55,12 +57,7 @@ def write(tmp_path, text: str, name: str = "run.toml") -> str:
 @pytest.mark.parametrize(("text", "overrides", "fragments"), BAD_INPUTS)
 def test_bad_input_gives_one_line_naming_the_key(tmp_path, text, overrides, fragments):
     path = None if text is None else write(tmp_path, text)
-    with pytest.raises(UsageError) as caught:
-        load_config(path, overrides)
-    message = str(caught.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message
+    message = one_line_error(lambda: load_config(path, overrides), fragments)
     origin = "--set" if text is None else "run.toml"
     assert origin in message
 
@@ -200,12 +197,9 @@ INVALID_COMBINATIONS = [
 
 @pytest.mark.parametrize(("overrides", "world_size", "fragments"), INVALID_COMBINATIONS)
 def test_invalid_combination_names_the_keys(overrides, world_size, fragments):
-    with pytest.raises(UsageError) as caught:
-        validate_config(load_config(None, overrides), world_size=world_size)
-    message = str(caught.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message
+    one_line_error(
+        lambda: validate_config(load_config(None, overrides), world_size=world_size), fragments
+    )
 
 
 @pytest.mark.parametrize(("overrides", "world_size"), [

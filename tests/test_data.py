@@ -13,8 +13,9 @@ import pytest
 from mpipipe.config.load import load_config
 from mpipipe.data import Batcher, build_batcher
 from mpipipe.data.corpus import stdlib_corpus, text_corpus
-from mpipipe.errors import UsageError
 from mpipipe.layers.cross_entropy import IGNORE_INDEX
+
+from oneline import one_line_error
 
 # A corpus whose token at position p is p: a window shows where it was cut from.
 CORPUS_LENGTH = 3000
@@ -307,9 +308,4 @@ DATA_ERRORS = [
 def test_bad_data_gives_one_line_naming_key_and_path(tmp_path, source, make_path, overrides,
                                                        fragments):
     config = data_config(tmp_path, source, make_path(tmp_path), *overrides)
-    with pytest.raises(UsageError) as caught:
-        build_batcher(config)
-    message = str(caught.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message
+    one_line_error(lambda: build_batcher(config), fragments)

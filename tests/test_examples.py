@@ -1,7 +1,6 @@
 """examples/: the CPU examples train for a few steps; the GPU config is checked without a GPU."""
 
 import importlib.util
-import json
 import math
 import re
 import sys
@@ -13,6 +12,7 @@ from mpipipe.config.load import load_config
 from mpipipe.config.validate import validate_config
 from mpipipe.errors import UsageError
 from mpipipe.layers import MicroBatch
+from mpipipe.metrics import read_metrics
 from mpipipe.models.model import build_model
 from mpipipe.schedules import OpCosts, build_schedule, simulate
 from mpipipe.schedules.partition import partition_layers
@@ -25,10 +25,6 @@ GPU_CONFIG = EXAMPLES / "gpt_1b_bitpipe.toml"
 FEW_STEPS = ["--set", "train.steps=3", "--set", "train.log_every=1"]
 
 
-def metrics(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize("name", ["gpt_tiny", "bert_tiny"])
 def test_cpu_config_trains_on_four_ranks_from_a_uniform_guess(tmp_path, name):
     run_dir = tmp_path / name
@@ -37,7 +33,7 @@ def test_cpu_config_trains_on_four_ranks_from_a_uniform_guess(tmp_path, name):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = metrics(run_dir)
+    rows = read_metrics(run_dir)
     assert [row["step"] for row in rows] == [0, 1, 2]
     # An untrained model guesses about uniformly: its first loss is near ln(vocabulary).
     vocab_size = load_config(str(EXAMPLES / f"{name}.toml")).model.vocab_size
@@ -59,7 +55,7 @@ def test_custom_model_script_trains_under_mpirun(tmp_path):
         2, ["examples/custom_model.py", "--steps", "3", "--out", str(run_dir)], timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [row["step"] for row in metrics(run_dir)] == [0, 1, 2]
+    assert [row["step"] for row in read_metrics(run_dir)] == [0, 1, 2]
     assert "parallel-gpt: 12 layers in 2 stages, 1f1b on 2 ranks" in result.stdout
 
 

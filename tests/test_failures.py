@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+from mpipipe.metrics import read_metrics
+
 from mpirun import MPIRUN, REPO, mpipipe_args, run_ranks
 
 TINY = [
@@ -80,7 +82,7 @@ def test_bitpipe_run_writes_metrics_with_bubble_and_a_trace(tmp_path):
                        timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     run_dir = tmp_path / "run"
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir)
     assert [row["step"] for row in rows] == list(range(40))
     for row in rows:
         assert len(row["bubble"]) == 4 and all(0 <= value < 1 for value in row["bubble"])

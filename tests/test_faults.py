@@ -20,7 +20,6 @@ flat over many steps, and that its probes do see a leak.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -33,17 +32,18 @@ import numpy as np
 
 from mpipipe.bench.soak import Probe, broken_bounds, live_mpi_requests, unreceived_messages
 from mpipipe.checkpoint.folder import checkpoint_name
+from mpipipe.metrics import read_metrics
 
 from mpirun import (
     EVERY_RANK_EXITS_ITSELF,
-    MPIRUN,
-    RANK_WRAPPER,
     REPO,
     JobResult,
+    end_job,
     job_processes,
     mpipipe_args,
     rank_pids,
     run_ranks,
+    start_ranks,
 )
 
 KILL_LIMIT_S = 30
@@ -61,11 +61,6 @@ WATCHDOG_LINE = re.compile(
 
 def train(run_dir: Path, *extra: str) -> list[str]:
     return mpipipe_args("train", *TINY, "--out", str(run_dir), *extra)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def checkpoints(run_dir: Path) -> list[str]:
@@ -98,12 +93,8 @@ def test_killed_rank_ends_the_job_and_resume_is_bitwise_exact(tmp_path, record_p
     assert result.returncode == 0, result.stderr[-2000:]
 
     run_dir = tmp_path / "killed"
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MPIPIPE_PROGRESS": "log",
-                   "MPIPIPE_FAULT": f"kill,rank=2,step={killed_step}"}
-    command = ["bash", str(MPIRUN), "-n", "4", "bash", "-c", RANK_WRAPPER, "rank",
-               sys.executable, *train(run_dir, *args)]
-    job = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    job = start_ranks(4, train(run_dir, *args),
+                      env={"MPIPIPE_FAULT": f"kill,rank=2,step={killed_step}"})
     try:
         marker = str(run_dir)
         victim = None
@@ -116,15 +107,13 @@ def test_killed_rank_ends_the_job_and_resume_is_bitwise_exact(tmp_path, record_p
         stdout, stderr = job.communicate(timeout=KILL_LIMIT_S)
         seconds_after_kill = time.monotonic() - killed_at
     finally:
-        if job.poll() is None:
-            job.kill()
-            job.communicate()
+        end_job(job)
     record_property("seconds_from_kill_to_job_end", round(seconds_after_kill, 2))
     assert job.returncode != 0
     assert JobResult(job.returncode, stdout, stderr, 0.0).rank_exits.get(2) == 137, stderr[-2000:]
     assert seconds_after_kill < KILL_LIMIT_S
     assert job_processes(marker) == []
-    assert [row["step"] for row in metrics(run_dir)] == list(range(killed_step))
+    assert [row["step"] for row in read_metrics(run_dir)] == list(range(killed_step))
     last_saved = killed_step // every * every
     assert checkpoints(run_dir) == [checkpoint_name(last_saved)]
     record_property("steps_lost", killed_step - last_saved)
@@ -135,8 +124,8 @@ def test_killed_rank_ends_the_job_and_resume_is_bitwise_exact(tmp_path, record_p
     final = checkpoint_name(steps)
     assert bitwise_equal(datasets(run_dir / "checkpoints" / final),
                          datasets(reference / "checkpoints" / final))
-    assert [row["loss"] for row in metrics(run_dir)] == [row["loss"] for row in
-                                                         metrics(reference)]
+    assert [row["loss"] for row in read_metrics(run_dir)] == [row["loss"] for row in
+                                                         read_metrics(reference)]
 
 
 def test_hung_rank_fires_a_neighbours_watchdog_naming_op_and_peer(tmp_path, record_property):
@@ -172,7 +161,7 @@ def test_nan_with_skip_warns_and_leaves_the_state_untouched(tmp_path):
     assert len(warnings) == 1, warnings
     assert f"step {nan_step}: gradient norm nan is not finite" in warnings[0], warnings[0]
     assert "skipping the optimizer step" in warnings[0]
-    rows = metrics(run_dir)
+    rows = read_metrics(run_dir)
     assert [row["applied"] for row in rows] == [step != nan_step for step in range(steps)]
     state = {step: datasets(run_dir / "checkpoints" / checkpoint_name(step))
              for step in range(1, steps + 1)}

@@ -95,8 +95,8 @@ def provenance(command: str, machine: dict, date: str) -> str:
 
 
 def write_part(out_dir: str, part: str, markdown: str, data: dict) -> tuple[str, str]:
-    """Write <part>.md and <part>.json into `out_dir`; return their paths."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Write <part>.md and <part>.json into `out_dir` (made by prepare_out_dir); return their
+    paths."""
     markdown_path = os.path.join(out_dir, f"{part}.md")
     json_path = os.path.join(out_dir, f"{part}.json")
     with open(markdown_path, "w") as handle:

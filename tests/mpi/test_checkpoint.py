@@ -14,11 +14,12 @@ import pytest
 from mpi4py import MPI
 
 from mpipipe.backend import select_backend
+from mpipipe.bench.mpi_tools import first_ranks
 from mpipipe.checkpoint.contents import assign_writers, holders_of
 from mpipipe.plan import plan_run
 from mpipipe.trainer import Trainer
 
-from tiny_runs import relative_difference, sub_communicator, tiny_config
+from tiny_runs import relative_difference, tiny_config
 
 TOLERANCE = 1e-10
 
@@ -57,7 +58,7 @@ def test_save_and_resume_equals_training_straight_through(
 ):
     if MPI.COMM_WORLD.Get_size() < pipeline * data_parallel:
         pytest.skip(f"needs {pipeline * data_parallel} ranks")
-    comm = sub_communicator(pipeline * data_parallel)
+    comm = first_ranks(MPI.COMM_WORLD, pipeline * data_parallel)
     if comm is None:
         return
 
@@ -93,7 +94,7 @@ def test_save_and_resume_equals_training_straight_through(
 def test_checkpoint_of_bitpipe_resumes_at_another_layout(
     schedule, pipeline, data_parallel, microbatches, shared_dir
 ):
-    world = sub_communicator(4)
+    world = first_ranks(MPI.COMM_WORLD, 4)
     saver = make_trainer(world, "bitpipe", 4, 1, train__steps=8)
     for _ in range(5):
         saver.train_step()
@@ -102,7 +103,7 @@ def test_checkpoint_of_bitpipe_resumes_at_another_layout(
     uninterrupted = [saver.train_step()["loss"] for _ in range(3)]
     straight_params = world.gather(saver.store.host_params(), root=0)
 
-    comm = sub_communicator(pipeline * data_parallel)
+    comm = first_ranks(MPI.COMM_WORLD, pipeline * data_parallel)
     if comm is not None:
         resumed = make_trainer(comm, schedule, pipeline, data_parallel, train__steps=8,
                                parallel__microbatches=microbatches)
@@ -122,7 +123,7 @@ def test_checkpoint_of_bitpipe_resumes_at_another_layout(
 
 @pytest.mark.mpi(min_size=2)
 def test_rank0_writer_and_parallel_writer_produce_the_same_file(shared_dir):
-    comm = sub_communicator(2)
+    comm = first_ranks(MPI.COMM_WORLD, 2)
     if comm is None:
         return
     trainer = make_trainer(comm, "bitpipe", 2, 1)
@@ -155,7 +156,7 @@ def test_rank0_writer_and_parallel_writer_produce_the_same_file(shared_dir):
 
 @pytest.mark.mpi(min_size=4)
 def test_writers_are_holders_and_share_the_bytes():
-    comm = sub_communicator(4)
+    comm = first_ranks(MPI.COMM_WORLD, 4)
     trainer = make_trainer(comm, "bitpipe", 4, 1)
     shapes = trainer.store.layout.shapes
     holders = holders_of(comm.allgather(sorted(trainer.store.params)))

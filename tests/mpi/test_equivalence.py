@@ -9,14 +9,15 @@ the same as the others.
 
 import numpy as np
 import pytest
+from mpi4py import MPI
 
+from mpipipe.bench.mpi_tools import first_ranks
 from mpipipe.schedules import SCHEDULE_KINDS
 
 from tiny_runs import (
     pipelined_run,
     reference_run,
     relative_difference,
-    sub_communicator,
     tiny_config,
 )
 
@@ -31,7 +32,7 @@ TOLERANCE = 1e-10
 @pytest.mark.parametrize("schedule", SCHEDULE_KINDS)
 def test_pipeline_equals_single_process(schedule, kind, layout):
     pipeline, data_parallel = layout
-    comm = sub_communicator(pipeline * data_parallel)
+    comm = first_ranks(MPI.COMM_WORLD, pipeline * data_parallel)
     if comm is None:
         return
     config = tiny_config(kind, schedule, pipeline, data_parallel)
@@ -58,7 +59,7 @@ def test_pipeline_equals_single_process(schedule, kind, layout):
 @pytest.mark.mpi(min_size=2)
 def test_training_changes_parameters_and_reduces_loss():
     """Guards the equivalence test against a vacuous pass: the steps do move the model."""
-    comm = sub_communicator(2)
+    comm = first_ranks(MPI.COMM_WORLD, 2)
     if comm is None:
         return
     config = tiny_config("gpt", "bitpipe", 2, 1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from mpi4py import MPI
 
 from mpipipe.backend import Backend
 from mpipipe.config.schema import Config
@@ -44,14 +43,6 @@ def tiny_config(kind: str, schedule: str, pipeline: int, data_parallel: int, **o
         section, key = dotted.split("__")
         setattr(getattr(config, section), key, value)
     return config
-
-
-def sub_communicator(size: int):
-    """The first `size` ranks of COMM_WORLD, or None on the others."""
-    world = MPI.COMM_WORLD
-    color = 0 if world.Get_rank() < size else MPI.UNDEFINED
-    comm = world.Split(color, world.Get_rank())
-    return None if comm == MPI.COMM_NULL else comm
 
 
 def pipelined_run(config: Config, comm, steps: int):
