@@ -24,13 +24,11 @@ class BufferPool:
     def __init__(self, allocate):
         self.allocate = allocate
         self.free: dict[tuple[int, ...], list] = {}
-        self.allocated = 0
 
     def take(self, shape: tuple[int, ...]):
         free = self.free.get(shape)
         if free:
             return free.pop()
-        self.allocated += 1
         return self.allocate(shape)
 
     def give_back(self, array) -> None:

@@ -32,6 +32,17 @@ _LOSS, _SQUARED_NORM, _FIRST_START, _LAST_END, _COMPUTE, _WAIT, _PEAK, _STOP = r
 _COLUMNS = 8
 
 
+@dataclass(frozen=True)
+class _PlannedReceive:
+    """A message this rank receives every step, with what the watchdog says while waiting."""
+
+    position: int  # of the op that needs it
+    shape: tuple
+    peer: int  # world rank of the sender
+    tag: int
+    info: WaitInfo
+
+
 @dataclass
 class StepStats:
     """The outcome of one forward-backward step, identical on every rank."""
@@ -100,11 +111,8 @@ class Engine:
         self.stages = {stage: make_compute(stage, stage_layers[stage]) for stage in my_stages}
         self._create_sync_communicators()
         self.launches = self._plan_sync_launches()
-        self.receive_plan = [
-            (position, lowered.receive)
-            for position, lowered in enumerate(self.lowered)
-            if lowered.receive is not None and lowered.receive.peer is not None
-        ]
+        self.labels = [str(lowered.op) for lowered in self.lowered]
+        self.receive_plan = self._plan_receives()
         self.upstream_gradient_of_loss = backend.xp.asarray(1.0, dtype=backend.dtype)
 
     # ----- set-up -------------------------------------------------------------
@@ -120,15 +128,29 @@ class Engine:
 
     def _create_sync_communicators(self) -> None:
         """One communicator per bucket, made by its members only, in the global bucket order."""
-        global_order = list(self.store.layout.bucket_plan())
         world_group = self.comm.Get_group()
         for bucket in self.store.buckets:
             if len(bucket.world_members) == 1:
                 continue
             group = world_group.Incl(bucket.world_members)
-            bucket.comm = self.comm.Create_group(group, tag=global_order.index(bucket.stages))
+            bucket.comm = self.comm.Create_group(group, tag=bucket.index)
             group.Free()
         world_group.Free()
+
+    def _plan_receives(self) -> list[_PlannedReceive]:
+        """Every message this rank receives in a step, in the order its ops need them."""
+        itemsize = np.dtype(self.backend.dtype).itemsize
+        plan = []
+        for position, lowered in enumerate(self.lowered):
+            transfer = lowered.receive
+            if transfer is None or transfer.peer is None:
+                continue
+            peer = self.grid.world_rank_of(transfer.peer)
+            shape = self.boundary_shapes[transfer.boundary]
+            nbytes = int(np.prod(shape)) * itemsize
+            info = WaitInfo(transfer.direction, self.labels[position], peer, transfer.tag, nbytes)
+            plan.append(_PlannedReceive(position, shape, peer, transfer.tag, info))
+        return plan
 
     def _plan_sync_launches(self) -> dict[int | None, list]:
         """At which op position each bucket's allreduce starts (None: after the last op)."""
@@ -160,7 +182,7 @@ class Engine:
         self._caches: dict[tuple, object] = {}
         self._weight_caches: dict[tuple, object] = {}
         self._held_buffers: dict[tuple, list] = {}
-        self._handovers: dict[tuple, object] = {}
+        self._handovers: dict[Transfer, object] = {}  # a hand-over's send equals its receive
         self._posted: dict[int, object] = {}
         self._next_receive = 0
         self._losses = []
@@ -173,7 +195,7 @@ class Engine:
             if position == middle:
                 self.faults.in_middle_of_step(step, self.store)
             self.messenger.poll()
-            self.watchdog.record(str(lowered.op))
+            self.watchdog.record(self.labels[position])
             self._run(position, lowered)
         for bucket in self.launches.get(None, []):
             self._start_sync(bucket, "end of step")
@@ -190,11 +212,11 @@ class Engine:
             key = (op.pipe, op.stage, op.microbatch)
             start = MPI.Wtime()
             self.stages[op.stage].backward_weight(self._weight_caches.pop(key))
-            self._computed(str(op), start)
+            self._computed(self.labels[position], start)
             self._release(key)
         else:
             for bucket in self.launches.get(position, []):
-                self._start_sync(bucket, str(op))
+                self._start_sync(bucket, self.labels[position])
 
     def _forward(self, position: int, lowered: LoweredOp) -> None:
         op = lowered.op
@@ -202,7 +224,7 @@ class Engine:
         x = context.tokens if op.stage == 0 else self._incoming(position, lowered.receive, op)
         start = MPI.Wtime()
         y, cache = self.stages[op.stage].forward(x, context)
-        self._computed(str(op), start)
+        self._computed(self.labels[position], start)
         self._caches[(op.pipe, op.stage, op.microbatch)] = cache
         self._peak = max(self._peak, len(self._caches) + len(self._weight_caches))
         if op.stage == self.last_stage:
@@ -223,7 +245,7 @@ class Engine:
             dx = self.stages[op.stage].backward(dy, cache)
         else:
             dx, self._weight_caches[key] = self.stages[op.stage].backward_input(dy, cache)
-        self._computed(str(op), start)
+        self._computed(self.labels[position], start)
         if op.type is OpType.BACKWARD:
             self._release(key)
         if op.stage > 0:
@@ -260,22 +282,15 @@ class Engine:
         while (
             self._next_receive < len(self.receive_plan) and len(self._posted) < self.recv_window
         ):
-            position, transfer = self.receive_plan[self._next_receive]
-            peer = self.grid.world_rank_of(transfer.peer)
-            shape = self.boundary_shapes[transfer.boundary]
-            info = WaitInfo(
-                transfer.direction,
-                str(self.lowered[position].op),
-                peer,
-                transfer.tag,
-                int(np.prod(shape)) * np.dtype(self.backend.dtype).itemsize,
+            planned = self.receive_plan[self._next_receive]
+            self._posted[planned.position] = self.messenger.post_receive(
+                planned.shape, planned.peer, planned.tag, planned.info
             )
-            self._posted[position] = self.messenger.post_receive(shape, peer, transfer.tag, info)
             self._next_receive += 1
 
     def _incoming(self, position: int, transfer: Transfer, op):
         if transfer.peer is None:
-            return self._handovers.pop(_transfer_key(transfer))
+            return self._handovers.pop(transfer)
         pending = self._posted.pop(position)
         start = MPI.Wtime()
         data = self.messenger.finish_receive(pending)
@@ -288,7 +303,7 @@ class Engine:
 
     def _outgoing(self, transfer: Transfer, array) -> None:
         if transfer.peer is None:
-            self._handovers[_transfer_key(transfer)] = array
+            self._handovers[transfer] = array
         elif not self.faults.withhold_send(self._step):
             self.messenger.send(array, self.grid.world_rank_of(transfer.peer), transfer.tag)
 
@@ -339,10 +354,6 @@ class Engine:
             peak_activations=[int(value) for value in table[:, _PEAK]],
             stop_requested=bool(table[:, _STOP].any()),
         )
-
-
-def _transfer_key(transfer: Transfer) -> tuple:
-    return (transfer.direction, transfer.pipe, transfer.boundary, transfer.microbatch)
 
 
 def _boundary_shapes(model, stage_layers: list[range], microbatch_size: int) -> list[tuple]:

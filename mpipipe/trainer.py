@@ -44,15 +44,14 @@ SAVE_ESTIMATE_S = 10.0
 
 
 def optimizer_groups(store: ParamStore, weight_decay: float) -> list[ParamGroup]:
-    """Two groups per bucket: the decayed matrices first, then the undecayed vectors."""
-    groups = []
-    for bucket in store.buckets:
-        split = bucket.decay_size
-        if split:
-            groups.append(ParamGroup(bucket.param[:split], bucket.grad[:split], weight_decay))
-        if split < bucket.size:
-            groups.append(ParamGroup(bucket.param[split:], bucket.grad[split:], 0.0))
-    return groups
+    """One group per span of each bucket: the decayed matrices, then the undecayed vectors."""
+    return [
+        ParamGroup(
+            bucket.param[start:end], bucket.grad[start:end], weight_decay if decayed else 0.0
+        )
+        for bucket in store.buckets
+        for start, end, decayed in bucket.spans()
+    ]
 
 
 class Trainer:

@@ -67,21 +67,10 @@ def plan_entries(
 def optimizer_slices(store: ParamStore, optimizer) -> dict[ParamKey, dict[str, object]]:
     """Each parameter's optimizer state arrays, as views shaped like the parameter.
 
-    Mirrors `trainer.optimizer_groups`: per bucket, a group over the decayed
-    elements [0, decay_size) when there are any, then one over the rest.
+    The optimizer's groups are those of `trainer.optimizer_groups`, one per span of each
+    bucket (`Bucket.spans`), in the same order.
     """
-    spans = [
-        (bucket, start, end)
-        for bucket in store.buckets
-        for start, end in ((0, bucket.decay_size), (bucket.decay_size, bucket.size))
-        if start < end
-    ]
-    sizes = [group.param.size for group in optimizer.groups]
-    if sizes != [end - start for _, start, end in spans]:
-        raise RuntimeError(
-            "optimizer groups do not follow the buckets: optimizer_slices no longer matches "
-            "trainer.optimizer_groups"
-        )
+    spans = [(bucket, start, end) for bucket in store.buckets for start, end, _ in bucket.spans()]
     slices: dict[ParamKey, dict[str, object]] = {}
     for (bucket, start, end), state in zip(spans, optimizer.state, strict=True):
         for key in bucket.keys:

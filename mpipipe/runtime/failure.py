@@ -20,8 +20,6 @@ from mpipipe.errors import EXIT_ERROR, UsageError
 class SetupFailed(Exception):
     """Some rank rejected the input; the message has been printed once."""
 
-    exit_code = 2
-
 
 def agree_on_setup(comm, build):
     """Run `build()` on every rank; if it raised UsageError anywhere, every rank raises SetupFailed.
@@ -45,13 +43,14 @@ def agree_on_setup(comm, build):
 
 @contextlib.contextmanager
 def abort_on_exception(comm=None):
-    """Turn an exception on this rank into a message and an abort of the whole job."""
+    """Turn an exception on this rank into a message and an abort of `comm` (default: the job)."""
+    comm = MPI.COMM_WORLD if comm is None else comm
     try:
         yield
     except (SystemExit, KeyboardInterrupt, SetupFailed, CollectiveStop):
         raise
     except BaseException as error:  # noqa: BLE001 - any failure must end every rank
-        rank = MPI.COMM_WORLD.Get_rank()
+        rank = comm.Get_rank()
         if isinstance(error, UsageError):
             message = f"mpipipe: error on rank {rank}: {error}"
         else:
@@ -60,7 +59,7 @@ def abort_on_exception(comm=None):
                 + "".join(traceback.format_exception(error))
             )
         print(message, file=sys.stderr, flush=True)
-        MPI.COMM_WORLD.Abort(EXIT_ERROR)
+        comm.Abort(EXIT_ERROR)
 
 
 class CollectiveStop(Exception):

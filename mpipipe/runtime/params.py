@@ -33,6 +33,7 @@ def weight_decay_applies(shape: tuple[int, ...]) -> bool:
 
 @dataclass
 class Bucket:
+    index: int  # position in the global bucket order (`ParamLayout.bucket_plan`)
     stages: tuple[int, ...]  # the stages whose layers use these parameters
     keys: list[ParamKey]
     shapes: dict[ParamKey, tuple[int, ...]]
@@ -47,6 +48,12 @@ class Bucket:
     def size(self) -> int:
         return sum(prod(shape) for shape in self.shapes.values())
 
+    def spans(self) -> list[tuple[int, int, bool]]:
+        """The non-empty (start, end, decayed) element ranges: the decayed matrices first."""
+        split = self.decay_size
+        ranges = ((0, split, True), (split, self.size, False))
+        return [(start, end, decayed) for start, end, decayed in ranges if start < end]
+
     def view(self, flat, key: ParamKey):
         start = self.offsets[key]
         return flat[start : start + prod(self.shapes[key])].reshape(self.shapes[key])
@@ -54,9 +61,8 @@ class Bucket:
 
 @dataclass
 class ParamLayout:
-    """Which stage each layer is in, and every logical parameter's owner and users."""
+    """Every logical parameter's shape and users, and each layer's names for them."""
 
-    stage_of_layer: list[int]
     shapes: dict[ParamKey, tuple[int, ...]]
     users: dict[ParamKey, tuple[int, ...]]  # stages using each logical parameter
     layer_keys: list[dict[str, ParamKey]]  # per layer: local name -> logical key
@@ -80,7 +86,6 @@ class ParamLayout:
                 users.setdefault(key, set()).add(stage_of_layer[index])
             layer_keys.append(keys)
         return cls(
-            stage_of_layer=stage_of_layer,
             shapes=shapes,
             users={key: tuple(sorted(stages)) for key, stages in users.items()},
             layer_keys=layer_keys,
@@ -117,7 +122,7 @@ class ParamStore:
         layout = ParamLayout.build(model.layers, stage_layers)
         my_stages = {stage for _, stage in placement.chunks_on(grid.pipe_rank)}
         buckets = []
-        for stages, keys in layout.bucket_plan().items():
+        for index, (stages, keys) in enumerate(layout.bucket_plan().items()):
             if not my_stages.intersection(stages):
                 continue
             pipe_ranks = sorted({rank for stage in stages for rank in placement.holders(stage)})
@@ -126,7 +131,7 @@ class ParamStore:
                 for replica in range(grid.data_parallel)
                 for pipe_rank in pipe_ranks
             )
-            buckets.append(_new_bucket(stages, keys, layout.shapes, members))
+            buckets.append(_new_bucket(index, stages, keys, layout.shapes, members))
         store = cls(layout=layout, buckets=buckets, backend=backend)
         store._allocate()
         store._initialise(model, seed)
@@ -158,9 +163,6 @@ class ParamStore:
         for bucket in self.buckets:
             bucket.grad.fill(0)
 
-    def buckets_of_stage(self, stage: int) -> list[Bucket]:
-        return [bucket for bucket in self.buckets if stage in bucket.stages]
-
     def host_params(self) -> dict[ParamKey, np.ndarray]:
         """Host copies of every parameter this rank holds, by logical name."""
         return {key: self.backend.to_host(value).copy() for key, value in self.params.items()}
@@ -170,7 +172,7 @@ class ParamStore:
             target[...] = self.backend.asarray(values[key])
 
 
-def _new_bucket(stages, keys, shapes, members) -> Bucket:
+def _new_bucket(index, stages, keys, shapes, members) -> Bucket:
     decayed = [key for key in keys if weight_decay_applies(shapes[key])]
     ordered = decayed + [key for key in keys if not weight_decay_applies(shapes[key])]
     offsets, position = {}, 0
@@ -178,6 +180,7 @@ def _new_bucket(stages, keys, shapes, members) -> Bucket:
         offsets[key] = position
         position += prod(shapes[key])
     return Bucket(
+        index=index,
         stages=stages,
         keys=ordered,
         shapes={key: shapes[key] for key in ordered},
