@@ -13,7 +13,7 @@ import pytest
 from mpipipe.config.load import load_config
 from mpipipe.data import Batcher, build_batcher
 from mpipipe.data.corpus import stdlib_corpus, text_corpus
-from mpipipe.layers.cross_entropy import IGNORE_INDEX
+from mpipipe.tokens import IGNORE_INDEX
 
 from oneline import one_line_error
 

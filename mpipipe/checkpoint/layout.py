@@ -16,7 +16,7 @@ import zlib
 
 import numpy as np
 
-from mpipipe.runtime.params import ParamKey
+from mpipipe.layers.base import ParamKey
 
 FORMAT_NAME = "mpipipe-checkpoint"
 FORMAT_VERSION = 1

@@ -13,10 +13,11 @@ import json
 import sys
 
 from mpipipe.errors import UsageError
+from mpipipe.plots.schedule import draw_schedule
 from mpipipe.schedules import SCHEDULE_KINDS, build_schedule, check_constraints
 from mpipipe.schedules.csv_io import from_csv, to_csv
 from mpipipe.schedules.grid import ScheduleError
-from mpipipe.schedules.render import chrome_trace, timeline_text, write_png
+from mpipipe.schedules.render import chrome_trace, timeline_text
 from mpipipe.schedules.schedule import Schedule
 from mpipipe.schedules.simulate import OpCosts, Simulation, simulate
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "png":
         if not args.out:
             raise UsageError("--format png writes a file: add --out FILE (such as schedule.png)")
-        write_png(simulation, args.out)
+        draw_schedule(simulation, args.out)
         return 0
     _emit(args.out, _render(simulation, args.format))
     return 0

@@ -9,10 +9,9 @@ data itself (token ids of an .npy file) are checked when the data is opened.
 from __future__ import annotations
 
 from mpipipe.config.schema import Config
-from mpipipe.data.batches import SPECIAL_TOKENS, special_tokens
-from mpipipe.data.corpus import BYTE_VOCAB_SIZE
 from mpipipe.errors import UsageError
 from mpipipe.schedules import check_constraints
+from mpipipe.tokens import BYTE_VOCAB_SIZE, SPECIAL_TOKENS, special_tokens
 
 BYTE_SOURCES = ("stdlib", "text")
 

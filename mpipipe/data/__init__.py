@@ -11,10 +11,11 @@ import numpy as np
 
 from mpipipe.config.schema import DATA_SOURCES, Config
 from mpipipe.data.arrays import hdf5_tokens, npy_tokens, token_vocab_size
-from mpipipe.data.batches import Batcher, special_tokens, window_length
-from mpipipe.data.corpus import BYTE_VOCAB_SIZE, stdlib_corpus, text_corpus
+from mpipipe.data.batches import Batcher, window_length
+from mpipipe.data.corpus import stdlib_corpus, text_corpus
 from mpipipe.data.random_tokens import random_tokens
 from mpipipe.errors import UsageError
+from mpipipe.tokens import BYTE_VOCAB_SIZE, special_tokens
 
 # Length of the random-token stream when it does not have to be longer for one window.
 RANDOM_TOKENS_COUNT = 1 << 20

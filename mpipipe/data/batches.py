@@ -15,7 +15,7 @@ real (length drawn from [ceil(min_fill * seq_len), seq_len]) and the rest
 PAD; round(mask_prob * length) real positions (at least one) are chosen and
 become targets, their inputs replaced by MASK (80%), a random token (10%) or
 left unchanged (10%). PAD = vocab_size and MASK = vocab_size + 1, so the
-model needs vocab_size + SPECIAL_TOKENS ids.
+model needs vocab_size + SPECIAL_TOKENS ids (mpipipe.tokens).
 """
 
 from __future__ import annotations
@@ -24,16 +24,8 @@ import math
 
 import numpy as np
 
-from mpipipe.layers.base import MicroBatch
-from mpipipe.layers.cross_entropy import IGNORE_INDEX
-
-SPECIAL_TOKENS = 2  # BERT's PAD and MASK, appended after the data vocabulary
-KINDS = ("gpt", "bert")
-
-
-def special_tokens(kind: str) -> int:
-    """Ids a `kind` model needs beyond the data vocabulary: BERT's PAD and MASK, none for GPT."""
-    return SPECIAL_TOKENS if kind == "bert" else 0
+from mpipipe.microbatch import MicroBatch
+from mpipipe.tokens import IGNORE_INDEX, MODEL_KINDS, special_tokens
 
 
 def window_length(kind: str, seq_len: int) -> int:
@@ -54,8 +46,8 @@ class Batcher:
     def __init__(self, tokens: np.ndarray, *, kind: str, seq_len: int, microbatch_size: int,
                  microbatches: int, replicas: int, seed: int, vocab_size: int,
                  mask_prob: float = 0.15, min_fill: float = 0.5):
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
         self.tokens = tokens
         self.kind = kind
         self.seq_len = seq_len

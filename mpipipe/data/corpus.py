@@ -1,4 +1,4 @@
-"""Byte-level token streams: every byte of some text is one token (vocabulary 256).
+"""Byte-level token streams: every byte of some text is one token (mpipipe.tokens.BYTE_VOCAB_SIZE).
 
 `stdlib_corpus()` needs no download: the .py sources of the running Python's
 standard library (~30 MB), the same bytes on every rank of a job that runs
@@ -15,8 +15,6 @@ import sysconfig
 import numpy as np
 
 from mpipipe.errors import UsageError
-
-BYTE_VOCAB_SIZE = 256
 
 # Third-party packages live under the stdlib folder; they are not part of it.
 _NOT_STDLIB = ("site-packages", "dist-packages")

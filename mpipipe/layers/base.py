@@ -10,8 +10,9 @@ parameters; the arrays live outside it, in dicts the caller passes in:
 
 `backward` equals `backward_input` followed by `backward_weight`, exactly.
 Gradients are accumulated with `+=` into buffers the caller allocated once.
-`ctx` is the micro-batch context (`MicroBatch`): targets, padding mask and
-the loss normaliser, which some layers need and most ignore.
+`ctx` is the micro-batch context (`mpipipe.microbatch.MicroBatch`):
+targets, padding mask and the loss normaliser, which some layers need and
+most ignore.
 """
 
 from __future__ import annotations
@@ -20,22 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpipipe.microbatch import MicroBatch
 
-@dataclass
-class MicroBatch:
-    """What a stage needs to know about the micro-batch it runs on.
-
-    tokens:        (B, T) int64 token ids (the first stage's input)
-    targets:       (B, T) int64 target ids, `ignore_index` where no loss is taken
-    attention_mask:(B, T) bool, True for real tokens, False for padding; None for no padding
-    loss_normalizer: number of counted target tokens in the whole global batch, so
-                   that summing micro-batch losses gives the global mean
-    """
-
-    tokens: object
-    targets: object
-    attention_mask: object | None
-    loss_normalizer: float
+# A parameter's name in the whole model: (global layer index, name in that layer).
+ParamKey = tuple[int, str]
 
 
 @dataclass
@@ -58,7 +47,7 @@ class Layer:
 
     # Parameters this layer shares with an earlier layer (weight tying):
     # {local name: (global layer index, name there)}.
-    tied: dict[str, tuple[int, str]] = {}
+    tied: dict[str, ParamKey] = {}
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter the layer uses, tied ones included (see `tied`)."""

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from mpipipe.backend import array_module
 from mpipipe.fused import cross_entropy_backward, cross_entropy_forward
 from mpipipe.layers.base import Layer, LayerCost, MicroBatch
-
-IGNORE_INDEX = -100
+from mpipipe.tokens import IGNORE_INDEX
 
 
 @dataclass(eq=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mpipipe.config.schema import ModelConfig
 from mpipipe.layers.base import Layer
-from mpipipe.models.gpt import transformer_layers
+from mpipipe.models.transformer import transformer_layers
 
 
 def bert_layers(config: ModelConfig, vocab_size: int) -> list[Layer]:

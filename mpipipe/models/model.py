@@ -14,13 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpipipe.config.schema import ModelConfig
-from mpipipe.data.batches import special_tokens
 from mpipipe.errors import UsageError, did_you_mean
-from mpipipe.layers.base import Layer, LayerCost
+from mpipipe.layers.base import Layer, LayerCost, ParamKey
 from mpipipe.models.bert import bert_layers
 from mpipipe.models.gpt import gpt_layers
-
-ParamKey = tuple[int, str]
+from mpipipe.tokens import special_tokens
 
 BUILDERS = {"gpt": gpt_layers, "bert": bert_layers}
 

@@ -7,8 +7,8 @@ reproduce its loss and gradients (DESIGN.md, "Numerical contract").
 from __future__ import annotations
 
 from mpipipe.backend import array_module
-from mpipipe.layers.base import MicroBatch
-from mpipipe.models.model import Model, ParamKey
+from mpipipe.layers.base import MicroBatch, ParamKey
+from mpipipe.models.model import Model
 
 
 def forward_backward(model: Model, params: dict, grads: dict, batch: MicroBatch) -> float:
