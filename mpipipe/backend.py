@@ -27,7 +27,8 @@ LOCAL_RANK_VARIABLES = (
     "PALS_LOCAL_RANKID",  # Cray PALS (PBS on HPE machines)
 )
 
-DTYPES = {"float32": np.float32, "float64": np.float64}
+DEVICES = ("auto", "cpu", "gpu")  # runtime.device's choices
+DTYPES = {"float32": np.float32, "float64": np.float64}  # runtime.dtype's choices
 
 # How often a host waiting for the GPU lets MPI make progress.
 DEVICE_POLL_S = 2e-5
@@ -110,14 +111,13 @@ def select_backend(
 
     Call before MPI is initialised when possible: the device is chosen from
     `local_rank`, else from the launcher's environment, so CUDA-aware MPI
-    sees the right device from its first call.
+    sees the right device from its first call. `device` and `dtype` are
+    runtime.device's and runtime.dtype's values, which the config schema
+    checks against DEVICES and DTYPES.
     """
-    if dtype not in DTYPES:
-        raise UsageError(
-            f"runtime.dtype: unknown float type {dtype!r} (use 'float32' or 'float64')"
-        )
-    if device not in ("auto", "cpu", "gpu"):
-        raise UsageError(f"runtime.device: unknown device {device!r} (use 'auto', 'cpu' or 'gpu')")
+    if device not in DEVICES or dtype not in DTYPES:
+        raise ValueError(f"no backend for device {device!r} and dtype {dtype!r}: devices are "
+                         f"{', '.join(DEVICES)}, dtypes {', '.join(DTYPES)}")
     if device == "cpu":
         return Backend(xp=np, dtype=DTYPES[dtype], device="cpu")
     cupy = _import_cupy()

@@ -184,7 +184,7 @@ CASES = [
     Case("sequence-longer-than-data", text_corpus(b"hello"),
          "has 5 tokens, fewer than model.seq_len + 1 = 65"),
     Case("tokens-beyond-vocabulary", token_file(np.arange(300, dtype=np.uint16)),
-         "uses token ids 0..299 (300 ids) but model.vocab_size = 256"),
+         "token ids 0..299 (300 ids) need model.vocab_size = 300 or more"),
     # Checkpoints given to --resume.
     Case("truncated-checkpoint", resume_from(truncate), "cannot be read as HDF5",
          needs_checkpoint=True),

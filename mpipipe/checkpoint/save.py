@@ -34,12 +34,12 @@ from mpipipe.checkpoint.contents import (
 )
 from mpipipe.checkpoint.folder import partial_path, publish
 from mpipipe.checkpoint.layout import CHECKSUM_ATTRIBUTE, OPTIM_GROUP, checksum, file_dtype
+from mpipipe.config.schema import AUTO_YES_NO
 from mpipipe.errors import UsageError
 from mpipipe.plan import RunPlan
 from mpipipe.runtime.faults import FaultInjector
 from mpipipe.runtime.params import ParamStore
 
-PARALLEL_CHOICES = ("auto", "yes", "no")
 FALLBACK_WARNING = (
     "mpipipe: warning: h5py here is built without MPI (no parallel HDF5): checkpoints are "
     "gathered to rank 0, which writes them alone"
@@ -80,10 +80,7 @@ def parallel_hdf5_available() -> bool:
 
 def use_parallel_hdf5(choice: str) -> bool:
     """checkpoint.parallel: auto uses parallel HDF5 where h5py has it; yes insists; no never."""
-    if choice not in PARALLEL_CHOICES:
-        raise UsageError(
-            f"checkpoint.parallel = {choice!r} is not one of {', '.join(PARALLEL_CHOICES)}"
-        )
+    assert choice in AUTO_YES_NO, choice  # the config schema's choices
     if choice == "yes" and not parallel_hdf5_available():
         raise UsageError(
             "checkpoint.parallel = 'yes' but h5py here is built without MPI: install h5py "

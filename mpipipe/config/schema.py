@@ -2,12 +2,19 @@
 
 Every key has a type, a default and a one-line help string (the `help`
 metadata), which `mpipipe config show` and the README's reference print.
-Cross-key constraints live in `mpipipe.config.validate`.
+Cross-key constraints live in `mpipipe.config.validate`. Where a key names
+one of the things a lower layer implements (schedules, partition methods,
+model kinds, devices, float types), its choices are that layer's own table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from mpipipe.backend import DEVICES, DTYPES
+from mpipipe.schedules import SCHEDULE_KINDS
+from mpipipe.schedules.partition import PARTITION_METHODS
+from mpipipe.tokens import MODEL_KINDS
 
 
 def option(
@@ -20,13 +27,14 @@ def option(
     return field(default=default, metadata=metadata)
 
 
-SCHEDULES = ("gpipe", "1f1b", "interleaved", "chimera", "bitpipe", "zb-h1", "zb-v")
+SCHEDULES = SCHEDULE_KINDS
 DATA_SOURCES = ("stdlib", "text", "npy", "hdf5", "random")
+AUTO_YES_NO = ("auto", "yes", "no")
 
 
 @dataclass
 class ModelConfig:
-    kind: str = option("gpt", "model family: causal GPT or masked-LM BERT", ("gpt", "bert"))
+    kind: str = option("gpt", "model family: causal GPT or masked-LM BERT", MODEL_KINDS)
     vocab_size: int = option(256, "vocabulary size (256 covers byte-level text)", minimum=2)
     seq_len: int = option(64, "tokens per sequence", minimum=1)
     n_layer: int = option(4, "transformer blocks", minimum=1)
@@ -96,14 +104,14 @@ class ParallelConfig:
     microbatches: int = option(4, "micro-batches N per step and replica", minimum=1)
     chunks: int = option(2, "interleaved: model chunks per rank", minimum=1)
     partition: str = option("uniform", "layers to stages: equal blocks, or balanced by cost",
-                            ("uniform", "balanced"))
+                            PARTITION_METHODS)
 
 
 @dataclass
 class RuntimeConfig:
-    device: str = option("auto", "auto picks the GPU when CuPy sees one", ("auto", "cpu", "gpu"))
-    dtype: str = option("float32", "floating-point type", ("float32", "float64"))
-    cuda_aware: str = option("auto", "pass GPU buffers to MPI directly", ("auto", "yes", "no"))
+    device: str = option("auto", "auto picks the GPU when CuPy sees one", DEVICES)
+    dtype: str = option("float32", "floating-point type", tuple(DTYPES))
+    cuda_aware: str = option("auto", "pass GPU buffers to MPI directly", AUTO_YES_NO)
     timeout_s: float = option(300.0, "watchdog: abort when one wait exceeds this", minimum=0.0)
     trace: bool = option(True, "write trace.json (Chrome/Perfetto) of every op")
     trace_steps: int = option(3, "steps recorded in trace.json, from the first", minimum=1)
@@ -118,7 +126,7 @@ class CheckpointConfig:
     dir: str = option("checkpoints", "folder for checkpoints, relative to the run folder")
     parallel: str = option(
         "auto", "write with parallel HDF5 (h5py's mpio driver) where h5py has it; no: rank 0 "
-        "gathers and writes", ("auto", "yes", "no"),
+        "gathers and writes", AUTO_YES_NO,
     )
 
 

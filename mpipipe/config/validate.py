@@ -3,15 +3,16 @@
 `load_config` has already checked each key on its own; here a problem that
 involves several keys (or the job's size) raises `UsageError` with one line
 naming the keys, their values and what would work. Limits that depend on the
-data itself (token ids of an .npy file) are checked when the data is opened.
+data itself (token ids of an .npy file) are checked when the data is opened,
+by the same rule (`check_vocabulary_fits`).
 """
 
 from __future__ import annotations
 
-from mpipipe.config.schema import Config
+from mpipipe.config.schema import Config, ModelConfig
 from mpipipe.errors import UsageError
 from mpipipe.schedules import check_constraints
-from mpipipe.tokens import BYTE_VOCAB_SIZE, SPECIAL_TOKENS, special_tokens
+from mpipipe.tokens import BYTE_VOCAB_SIZE, special_tokens
 
 BYTE_SOURCES = ("stdlib", "text")
 
@@ -56,23 +57,31 @@ def _check_heads(config: Config) -> None:
 
 
 def _check_vocabulary(config: Config) -> None:
-    kind, source, vocab_size = config.model.kind, config.data.source, config.model.vocab_size
+    """What can be known before the data is opened: byte text's ids, random data's one id."""
+    source = config.data.source
     if source in BYTE_SOURCES:
-        needed = BYTE_VOCAB_SIZE + special_tokens(kind)
-        if vocab_size < needed:
-            extra = (f" plus {SPECIAL_TOKENS} for BERT's PAD and MASK tokens"
-                     if kind == "bert" else "")
-            raise UsageError(
-                f"model.vocab_size = {vocab_size} is too small for data.source = {source!r} with "
-                f"model.kind = {kind!r}: byte tokens need {BYTE_VOCAB_SIZE}{extra}; set "
-                f"model.vocab_size = {needed} or more"
-            )
-    if source == "random" and kind == "bert" and vocab_size <= SPECIAL_TOKENS:
-        raise UsageError(
-            f"model.vocab_size = {vocab_size} leaves no data tokens for model.kind = 'bert' with "
-            f"data.source = 'random' (BERT takes {SPECIAL_TOKENS} ids for PAD and MASK); set "
-            f"model.vocab_size = {SPECIAL_TOKENS + 1} or more"
-        )
+        check_vocabulary_fits(config.model, BYTE_VOCAB_SIZE, f"data.source = {source!r}")
+    elif source == "random":  # its ids are drawn below model.vocab_size: at least one is needed
+        check_vocabulary_fits(config.model, 1, "data.source = 'random'")
+
+
+def check_vocabulary_fits(model: ModelConfig, data_vocab: int, data_name: str) -> None:
+    """The vocabulary rule: model.vocab_size holds the data's token ids and the kind's extra ids.
+
+    `data_vocab` is the data's token count (max id + 1); `data_name` says
+    where the data comes from in the user's words ("data.path 'tokens.npy'").
+    The data layer calls this when it opens a file whose ids only it knows.
+    """
+    special = special_tokens(model.kind)
+    needed = data_vocab + special
+    if model.vocab_size >= needed:
+        return
+    ids = f"{data_vocab} id{'' if data_vocab == 1 else 's'}"
+    extra = f" + {special} for BERT's PAD and MASK" if special else ""
+    raise UsageError(
+        f"model.vocab_size = {model.vocab_size} is too small for {data_name}: its token ids "
+        f"0..{data_vocab - 1} ({ids}{extra}) need model.vocab_size = {needed} or more"
+    )
 
 
 def _check_world_size(pipeline: int, data_parallel: int, world_size: int) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpipipe.config.schema import DATA_SOURCES, Config
+from mpipipe.config.schema import Config
+from mpipipe.config.validate import check_vocabulary_fits
 from mpipipe.data.arrays import hdf5_tokens, npy_tokens, token_vocab_size
 from mpipipe.data.batches import Batcher, window_length
 from mpipipe.data.corpus import stdlib_corpus, text_corpus
@@ -40,21 +41,19 @@ def _open_source(config: Config) -> tuple[np.ndarray, int, str]:
     """The tokens, their vocabulary size and how to name them in an error."""
     data = config.data
     if data.source == "stdlib":
-        return stdlib_corpus(), BYTE_VOCAB_SIZE, "data.source 'stdlib'"
+        return stdlib_corpus(), BYTE_VOCAB_SIZE, "data.source = 'stdlib'"
     if data.source == "text":
         return text_corpus(data.path), BYTE_VOCAB_SIZE, f"data.path {data.path!r}"
     if data.source == "random":
         vocab_size = max(1, config.model.vocab_size - special_tokens(config.model.kind))
         count = max(RANDOM_TOKENS_COUNT, config.model.seq_len + 1)
         tokens = random_tokens(vocab_size, count, config.train.seed)
-        return tokens, vocab_size, "data.source 'random'"
+        return tokens, vocab_size, "data.source = 'random'"
     if data.source == "npy":
         tokens, where = npy_tokens(data.path), f"data.path {data.path!r}"
-    elif data.source == "hdf5":
+    else:  # hdf5, the last of the schema's DATA_SOURCES
         tokens = hdf5_tokens(data.path, data.dataset)
         where = f"data.dataset {data.dataset!r} of data.path {data.path!r}"
-    else:
-        raise UsageError(f"data.source = {data.source!r} is not one of {', '.join(DATA_SOURCES)}")
     return tokens, token_vocab_size(tokens, where), where
 
 
@@ -66,11 +65,4 @@ def _check_fits(tokens: np.ndarray, where: str, config: Config, vocab_size: int)
     if len(tokens) < window:
         raise UsageError(f"{where} has {len(tokens)} tokens, fewer than {formula} = {window}: use "
                          "a longer corpus or a smaller model.seq_len")
-    special = special_tokens(model.kind)
-    if vocab_size + special > model.vocab_size:
-        bert = f" + {special} for BERT's PAD and MASK" if special else ""
-        raise UsageError(
-            f"{where} uses token ids 0..{vocab_size - 1} ({vocab_size} ids{bert}) but "
-            f"model.vocab_size = {model.vocab_size}: set model.vocab_size = "
-            f"{vocab_size + special} or more"
-        )
+    check_vocabulary_fits(model, vocab_size, where)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpipipe.errors import UsageError
 from mpipipe.fused import cuda
 
 
@@ -25,10 +24,10 @@ def cross_entropy_forward(logits2d, targets1d, ignore_index: int, normalizer: fl
     outside = counted & ((targets1d < 0) | (targets1d >= vocab))
     if outside.any():
         row = int(np.flatnonzero(outside)[0])
-        raise UsageError(
+        # The data checks its ids against the model's vocabulary when it is opened.
+        raise ValueError(
             f"cross-entropy: target {int(targets1d[row])} at row {row} is outside the "
-            f"vocabulary [0, {vocab}) and is not ignore_index={ignore_index}; check "
-            f"model.vocab_size against the data's tokens"
+            f"vocabulary [0, {vocab}) and is not ignore_index={ignore_index}"
         )
     probs = logits2d - logits2d.max(axis=1, keepdims=True)
     rows = np.flatnonzero(counted)

@@ -30,6 +30,8 @@ class Attention(Composite):
     proj_init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        if self.channels % self.n_head:
+            raise ValueError(f"{self.channels} channels do not split into {self.n_head} heads")
         self.head_size = self.channels // self.n_head
         self.sublayers = {
             "qkv": Linear(self.channels, 3 * self.channels, self.init_std),

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpipipe.config.schema import ModelConfig
-from mpipipe.errors import UsageError, did_you_mean
 from mpipipe.layers.base import Layer, LayerCost, ParamKey
 from mpipipe.models.bert import bert_layers
 from mpipipe.models.gpt import gpt_layers
 from mpipipe.tokens import special_tokens
 
+# One per kind of mpipipe.tokens.MODEL_KINDS, which model.kind is checked against.
 BUILDERS = {"gpt": gpt_layers, "bert": bert_layers}
 
 
@@ -53,9 +53,10 @@ class Model:
     def init_params(
         self, seed: int, layer_indices: list[int] | None = None
     ) -> dict[ParamKey, np.ndarray]:
-        """Initial float64 host values of the owned parameters of `layer_indices` (default all)."""
-        if not (isinstance(seed, (int, np.integer)) and seed >= 0):
-            raise UsageError(f"train.seed: the seed must be an integer >= 0, got {seed!r}")
+        """Initial float64 host values of the owned parameters of `layer_indices` (default all).
+
+        `seed` is an integer >= 0 (train.seed's minimum).
+        """
         indices = range(len(self.layers)) if layer_indices is None else layer_indices
         params = {}
         for index in indices:
@@ -74,38 +75,16 @@ class Model:
 
 
 def build_model(config: ModelConfig, data_vocab: int | None = None) -> Model:
-    """The model `config` describes; `data_vocab` is the data's token count (max id + 1)."""
-    check_model_config(config, data_vocab)
+    """The model `config` describes; `data_vocab` is the data's token count (max id + 1).
+
+    The config's values are trusted: `load_config` checks each key and
+    `validate_config` the keys together (heads, vocabulary), and the data
+    checks its own ids against model.vocab_size when it is opened.
+    """
+    if config.kind not in BUILDERS:
+        raise ValueError(f"no model kind {config.kind!r}; the kinds are {', '.join(BUILDERS)}")
+    assert data_vocab is None or data_vocab + special_tokens(config.kind) <= config.vocab_size, (
+        f"{data_vocab} data token ids do not fit model.vocab_size = {config.vocab_size}"
+    )
     layers = BUILDERS[config.kind](config, config.vocab_size)
     return Model(config.kind, layers, config.vocab_size, config.seq_len)
-
-
-def check_model_config(config: ModelConfig, data_vocab: int | None) -> None:
-    if config.kind not in BUILDERS:
-        raise UsageError(
-            f"model.kind: unknown model {config.kind!r}{did_you_mean(config.kind, BUILDERS)} "
-            f"(use one of {', '.join(map(repr, BUILDERS))})"
-        )
-    for key in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model"):
-        value = getattr(config, key)
-        if not (isinstance(value, int) and value >= 1):
-            raise UsageError(f"model.{key} must be a positive integer, got {value!r}")
-    if not (isinstance(config.d_ff, int) and config.d_ff >= 0):
-        raise UsageError(
-            f"model.d_ff must be an integer >= 0 (0 means 4 * d_model), got {config.d_ff!r}"
-        )
-    if config.d_model % config.n_head:
-        divisors = [n for n in range(1, config.d_model + 1) if config.d_model % n == 0]
-        next_multiple = config.n_head * (config.d_model // config.n_head + 1)
-        raise UsageError(
-            f"model.d_model={config.d_model} is not a multiple of model.n_head={config.n_head}: "
-            f"use model.n_head in {divisors} or model.d_model={next_multiple}"
-        )
-    if data_vocab is not None:
-        needed = data_vocab + special_tokens(config.kind)
-        if config.vocab_size < needed:
-            extra = " (the data's tokens plus PAD and MASK)" if config.kind == "bert" else ""
-            raise UsageError(
-                f"model.vocab_size={config.vocab_size} is too small for data with "
-                f"{data_vocab} token ids: {config.kind} needs model.vocab_size >= {needed}{extra}"
-            )

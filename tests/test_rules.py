@@ -1,0 +1,206 @@
+"""One rule, one place, one message: each input rule is raised by exactly one function.
+
+For every rule: the message it gives (one example written out in full),
+the triggers that must all end in that one raise site (through load_config,
+validate_config, and the data layer where the rule depends on the data),
+the rule's distinctive phrase written in exactly one module of the package,
+and the lower layers that, given the same bad value directly, trust or
+assert instead of giving a second user-facing message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mpipipe
+from mpipipe.backend import DEVICES, DTYPES, select_backend
+from mpipipe.checkpoint.save import use_parallel_hdf5
+from mpipipe.config.load import load_config
+from mpipipe.config.schema import (
+    AUTO_YES_NO,
+    SCHEDULES,
+    CheckpointConfig,
+    ModelConfig,
+    ParallelConfig,
+    RuntimeConfig,
+)
+from mpipipe.config.validate import validate_config
+from mpipipe.data import build_batcher
+from mpipipe.errors import UsageError
+from mpipipe.models.model import BUILDERS, build_model
+from mpipipe.schedules import SCHEDULE_KINDS
+from mpipipe.schedules.partition import PARTITION_METHODS
+from mpipipe.tokens import MODEL_KINDS
+
+PACKAGE = Path(mpipipe.__file__).parent
+
+
+def configured(*overrides: str) -> Callable[[Path], None]:
+    """Load and validate a config of `overrides`, as every rank does before any message."""
+    return lambda tmp_path: validate_config(load_config(None, list(overrides)))
+
+
+def batcher_of(*overrides: str) -> Callable[[Path], None]:
+    """Open the data of `overrides` without validate_config, as the Python API may."""
+    return lambda tmp_path: build_batcher(load_config(None, list(overrides)))
+
+
+def npy_batcher(tokens: np.ndarray, *overrides: str) -> Callable[[Path], None]:
+    """Open an .npy file whose token ids only the data layer can know."""
+
+    def trigger(tmp_path: Path) -> None:
+        path = tmp_path / "tokens.npy"
+        np.save(path, tokens)
+        build_batcher(load_config(None, ["data.source=npy", f"data.path={path}", *overrides]))
+
+    return trigger
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    example: Callable[[Path], None]
+    message: str  # what `example` says, in full
+    phrase: str  # the part of the message that is written once in the package
+    owner: tuple[str, str]  # (module, function) that raises it
+    triggers: tuple[Callable[[Path], None], ...]  # each must raise it from `owner`
+    lower_layers: tuple[Callable[[], object], ...]  # the same mistake given directly
+
+
+RULES = [
+    Rule(
+        "model.d_model is a multiple of model.n_head",
+        configured("model.d_model=30"),
+        "model.d_model = 30 is not a multiple of model.n_head = 4: use model.d_model = 28 or 32, "
+        "or a model.n_head that divides 30",
+        "is not a multiple of model.n_head",
+        ("config/validate.py", "_check_heads"),
+        (configured("model.d_model=100", "model.n_head=8"), configured("model.d_model=4",
+                                                                       "model.n_head=8")),
+        (lambda: build_model(ModelConfig(d_model=30, n_head=4)),),
+    ),
+    Rule(
+        "model.vocab_size holds the data's token ids plus the kind's extra ids",
+        configured("model.vocab_size=100"),
+        "model.vocab_size = 100 is too small for data.source = 'stdlib': its token ids 0..255 "
+        "(256 ids) need model.vocab_size = 256 or more",
+        "is too small for",
+        ("config/validate.py", "check_vocabulary_fits"),
+        (
+            configured("model.kind=bert", "model.vocab_size=256", "data.source=text"),
+            configured("model.kind=bert", "model.vocab_size=2", "data.source=random"),
+            batcher_of("model.vocab_size=100"),
+            batcher_of("model.kind=bert", "model.vocab_size=2", "data.source=random"),
+            npy_batcher(np.arange(300, dtype=np.uint16)),
+            npy_batcher(np.arange(256, dtype=np.uint16), "model.kind=bert"),
+        ),
+        (lambda: build_model(ModelConfig(vocab_size=256), data_vocab=300),),
+    ),
+    Rule(
+        "numbers stay within their key's bounds (model sizes are positive integers)",
+        configured("model.n_layer=0"),
+        "--set model.n_layer=0: model.n_layer = 0 is below the minimum 1 (use 1 or more)",
+        "is below the minimum",
+        ("config/load.py", "_apply_value"),
+        tuple(configured(f"model.{key}=0") for key in
+              ("vocab_size", "seq_len", "n_head", "d_model")) + (configured("train.seed=-1"),),
+        (
+            lambda: build_model(ModelConfig(n_layer=0)),
+            lambda: build_model(ModelConfig(n_head=0)),
+            lambda: build_model(ModelConfig(seq_len=0)),
+            lambda: build_model(ModelConfig()).init_params(seed=-1),
+        ),
+    ),
+    Rule(
+        "a value is one of its key's choices (devices, float types, schedules, model kinds, "
+        "partition methods, checkpoint.parallel)",
+        configured("runtime.device=tpu"),
+        '--set runtime.device=tpu: runtime.device = "tpu" is not one of auto, cpu, gpu '
+        "(did you mean 'gpu'?)",
+        "is not one of",
+        ("config/load.py", "_apply_value"),
+        (
+            configured("runtime.dtype=float16"),
+            configured("parallel.schedule=bitpip"),
+            configured("model.kind=t5"),
+            configured("parallel.partition=greedy"),
+            configured("checkpoint.parallel=maybe"),
+        ),
+        (
+            lambda: select_backend("tpu", "float32"),
+            lambda: select_backend("cpu", "float16"),
+            lambda: build_model(replace(ModelConfig(), kind="t5")),
+            lambda: use_parallel_hdf5("maybe"),
+        ),
+    ),
+]
+IDS = [rule.name for rule in RULES]
+
+
+def raise_site(trigger: Callable[[Path], None], tmp_path: Path) -> tuple[tuple[str, str], str]:
+    """((module, function) that raised the UsageError, its message)."""
+    with pytest.raises(UsageError) as caught:
+        trigger(tmp_path)
+    frame = caught.traceback[-1]
+    module = Path(str(frame.path)).relative_to(PACKAGE).as_posix()
+    return (module, frame.frame.code.name), str(caught.value)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=IDS)
+def test_the_rule_gives_its_one_line_message(rule, tmp_path):
+    site, message = raise_site(rule.example, tmp_path)
+    assert message == rule.message
+    assert site == rule.owner
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("rule", RULES, ids=IDS)
+def test_every_way_to_break_the_rule_ends_in_its_one_raise(rule, tmp_path):
+    for trigger in rule.triggers:
+        site, message = raise_site(trigger, tmp_path)
+        assert site == rule.owner, message
+        assert rule.phrase in message and "\n" not in message
+
+
+@pytest.mark.parametrize("rule", RULES, ids=IDS)
+def test_the_message_is_written_in_one_module(rule):
+    writers = sorted(
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if rule.phrase in path.read_text()
+    )
+    assert writers == [rule.owner[0]]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=IDS)
+def test_lower_layers_trust_or_assert_instead_of_repeating_the_message(rule):
+    for call in rule.lower_layers:
+        try:
+            call()
+        except UsageError as error:
+            pytest.fail(f"a lower layer gives a second message: {error}")
+        except (ValueError, AssertionError, ZeroDivisionError):
+            pass  # a programming error for a caller without a config
+
+
+def choices(section: type, key: str) -> tuple:
+    return next(field for field in dataclasses.fields(section) if field.name == key).metadata[
+        "choices"
+    ]
+
+
+def test_choices_are_the_tables_of_the_layers_that_implement_them():
+    assert SCHEDULES is SCHEDULE_KINDS
+    assert choices(ParallelConfig, "schedule") is SCHEDULE_KINDS
+    assert choices(ParallelConfig, "partition") is PARTITION_METHODS
+    assert choices(ModelConfig, "kind") is MODEL_KINDS
+    assert tuple(BUILDERS) == MODEL_KINDS
+    assert choices(RuntimeConfig, "device") is DEVICES
+    assert choices(RuntimeConfig, "dtype") == tuple(DTYPES)
+    assert choices(CheckpointConfig, "parallel") is AUTO_YES_NO
