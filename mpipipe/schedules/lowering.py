@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mpipipe.schedules.ops import Op, OpType, pipe_name
+from mpipipe.schedules.ops import Op, OpType
 from mpipipe.schedules.schedule import Schedule
 
 ACTIVATION, GRADIENT = "activation", "gradient"
@@ -56,19 +56,6 @@ def max_tag(schedule: Schedule) -> int:
         1,
         schedule.stages,
         schedule.pipes,
-    )
-
-
-def describe_tag(tag: int, stages: int, pipes: int) -> str:
-    """Read a tag back for watchdog messages: 'gradient of micro-batch 3, up pipe, stage 2 <- 3'."""
-    boundaries = max(stages - 1, 1)
-    direction, rest = tag % 2, tag // 2
-    boundary, rest = rest % boundaries, rest // boundaries
-    pipe, microbatch = rest % pipes, rest // pipes
-    arrow = "->" if direction == 0 else "<-"
-    return (
-        f"{_DIRECTIONS[direction]} of micro-batch {microbatch}, {pipe_name(pipe)} pipe, "
-        f"stage {boundary} {arrow} {boundary + 1}"
     )
 
 
