@@ -112,7 +112,8 @@ RULES = [
     Rule("config imports no data, models, layers or runtime", ("mpipipe.config",),
          ("mpipipe.data", "mpipipe.models", "mpipipe.layers", "mpipipe.engine",
           "mpipipe.comm", "mpipipe.runtime", "mpipipe.checkpoint", "mpipipe.plots")),
-    Rule("layers import no models, data, config, schedules or runtime", ("mpipipe.layers",),
+    Rule("layers and fused ops import no models, data, config, schedules or runtime",
+         ("mpipipe.layers", "mpipipe.fused"),
          ("mpipipe.models", "mpipipe.data", "mpipipe.config", "mpipipe.schedules",
           "mpipipe.engine", "mpipipe.comm", "mpipipe.runtime")),
 ]

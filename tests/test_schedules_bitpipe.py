@@ -1,4 +1,10 @@
-"""BitPipe against DESIGN.md's D = 4, N = 4 grid, transcribed here as the specification."""
+"""BitPipe against mpipipe/DESIGN.md's D = 4, N = 4 reference grid and placement example.
+
+Both are read from the design document itself, so the document and the generator cannot drift.
+"""
+
+import re
+from importlib.resources import files
 
 import pytest
 
@@ -6,28 +12,51 @@ from mpipipe.schedules import build_schedule, partition_layers, simulate
 from mpipipe.schedules.ops import OpType
 from mpipipe.schedules.simulate import OpCosts
 
-# DESIGN.md, "BitPipe, precisely": micro-batches 1, 2 down and 3, 4 up (1-based),
-# `a` first arm, `b` second arm; a backward takes two slots, `=` its second; `.` idle.
-DESIGN_GRID = """
-r0   F1a .   F2a F3a F3b F4a F4b F1b B1b =   F2b .   B2b =   B3b =   B3a =   B4b =   B4a =   B1a =   .   .   B2a =
-r1   .   F1a F3a F2a F4a F3b F1b F4b F2b .   B1b =   B3b =   B2b =   B4b =   B3a =   B1a =   B4a =   B2a =   .   .
-r2   .   F3a F1a F4a F2a F1b F3b F2b F4b .   B3b =   B1b =   B4b =   B2b =   B1a =   B3a =   B2a =   B4a =   .   .
-r3   F3a .   F4a F1a F1b F2a F2b F3b B3b =   F4b .   B4b =   B1b =   B1a =   B2b =   B2a =   B3a =   .   .   B4a =
-"""  # noqa: E501
+DESIGN = files("mpipipe").joinpath("DESIGN.md").read_text(encoding="utf-8")
+
+
+def design_section(title: str) -> str:
+    """The text of the section `### {title}`, up to the next heading."""
+    text = DESIGN.split(f"\n### {title}\n", 1)[1]
+    return re.split(r"\n#{2,3} ", text, maxsplit=1)[0]
+
+
+def design_rows(title: str, label: str) -> list[str]:
+    """The lines of that section that start with `label` followed by a rank number."""
+    lines = [line.strip() for line in design_section(title).splitlines()]
+    return [line for line in lines if re.match(rf"{label}\d", line)]
+
+
+# "The reference grid": micro-batches 1, 2 down and 3, 4 up (1-based), `a` first arm,
+# `b` second arm; a backward takes two slots, `=` its second; `.` idle.
+DESIGN_GRID = design_rows("The reference grid", "r")
 RANKS = 4
 
 
+
+def design_placement() -> dict[tuple[int, str], str]:
+    """The placement table of "BitPipe, precisely": (pipe, arm) -> the stage formula in r, D."""
+    rows = re.findall(r"^\| v\d \| S\(([^)]*)\) \| (down|up) pipe, (first|second) arm",
+                      design_section("BitPipe, precisely"), re.M)
+    assert len(rows) == 4
+    return {(0 if pipe == "down" else 1, "a" if arm == "first" else "b"): formula
+            for formula, pipe, arm in rows}
+
+
+PLACEMENT = design_placement()
+
+
 def design_stage(pipe: int, arm: str, rank: int) -> int:
-    """DESIGN.md's placement table: chunk v0..v3 of rank r."""
-    if pipe == 0:
-        return rank if arm == "a" else 2 * RANKS - 1 - rank
-    return RANKS - 1 - rank if arm == "a" else RANKS + rank
+    """The stage the design's placement table gives chunk (pipe, arm) of `rank`."""
+    formula = re.sub(r"(\d)D", r"\1*D", PLACEMENT[(pipe, arm)])  # "2D-1-r" -> "2*D-1-r"
+    return eval(formula, {"__builtins__": {}}, {"r": rank, "D": RANKS})
 
 
 def design_ops() -> list[list[tuple[str, int, int, int, int]]]:
     """Per rank, in order: (type, pipe, stage, 0-based micro-batch, slot)."""
     ranks = []
-    for rank, line in enumerate(DESIGN_GRID.strip().splitlines()):
+    assert len(DESIGN_GRID) == RANKS
+    for rank, line in enumerate(DESIGN_GRID):
         cells = line.split()[1:]
         assert len(cells) == 28
         ops = []
@@ -58,9 +87,9 @@ def test_reproduces_design_grid_op_for_op():
 
 
 def test_design_timing_is_feasible_and_ours_is_earliest():
-    """DESIGN's slots meet every dependency; the dry run starts no op later than they do.
+    """The grid's slots meet every dependency; the dry run starts no op later than they do.
 
-    (DESIGN draws rank 0's and rank 3's first idle slot at 1 and a second at 11,
+    (The grid draws rank 0's and rank 3's first idle slot at 1 and a second at 11,
     where the earliest start puts them at 2 and 13: the order and the makespan agree.)
     """
     expected = design_ops()
@@ -103,14 +132,16 @@ def test_mirror_pairs_and_design_layer_example():
     for stage in range(2 * RANKS):
         holders = schedule.placement.holders(stage)
         assert len(holders) == 2 and sum(holders) == RANKS - 1  # ranks r and D-1-r
-    # DESIGN.md: 16 layers, rank 0 holds L0-1 L6-7 L14-15 L8-9 as chunks v0..v3.
+    # "BitPipe, precisely": 16 blocks, rank 0 holds L0-1 L6-7 L14-15 L8-9 as chunks v0..v3.
     stages = partition_layers([1.0] * 16, [True] * 16, 2 * RANKS, "uniform")
-    design = {
-        0: [(0, 1), (6, 7), (14, 15), (8, 9)],
-        1: [(2, 3), (4, 5), (12, 13), (10, 11)],
-        2: [(4, 5), (2, 3), (10, 11), (12, 13)],
-        3: [(6, 7), (0, 1), (8, 9), (14, 15)],
-    }
+    design = {}
+    for line in design_rows("BitPipe, precisely", "rank"):
+        rank, spans = line.split(":")
+        design[int(rank.removeprefix("rank"))] = [
+            tuple(int(layer) for layer in span.removeprefix("L").split("-"))
+            for span in spans.split()
+        ]
+    assert sorted(design) == list(range(RANKS))
     chunk_order = [(0, "a"), (1, "a"), (0, "b"), (1, "b")]
     for rank, layers in design.items():
         for (pipe, arm), (first, last) in zip(chunk_order, layers, strict=True):

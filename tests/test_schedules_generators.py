@@ -30,7 +30,7 @@ def expected_placement(kind: str, ranks: int, chunks: int) -> dict[tuple[int, in
         first = {(0, rank): rank for rank in range(ranks)}
         return first | {(0, 2 * ranks - 1 - rank): rank for rank in range(ranks)}
     placement = {}
-    for rank in range(ranks):  # bitpipe, DESIGN.md's table
+    for rank in range(ranks):  # bitpipe: mpipipe/DESIGN.md, "BitPipe, precisely"
         placement |= {(0, rank): rank, (1, ranks - 1 - rank): rank}
         placement |= {(0, 2 * ranks - 1 - rank): rank, (1, ranks + rank): rank}
     return placement

@@ -53,7 +53,7 @@ def test_bubble_formulas_at_equal_forward_and_backward(ranks, microbatches):
 
 
 def test_bitpipe_bubble_with_backward_twice_forward():
-    # DESIGN.md: (D-2)/(3N+D-2) at N = D when B = 2F.
+    # mpipipe/DESIGN.md, "Baseline formulas": (D-2)/(3N+D-2) at N = D when B = 2F.
     for ranks in (2, 4, 8, 16):
         bubble = simulate(build_schedule("bitpipe", ranks, ranks), OpCosts(1, 2)).bubble
         assert bubble == pytest.approx([(ranks - 2) / (3 * ranks + ranks - 2)] * ranks)

@@ -1,7 +1,7 @@
 """The single-process reference: every layer in order on one (possibly large) batch.
 
 Every pipeline schedule, pipeline degree and data-parallel degree must
-reproduce its loss and gradients (DESIGN.md, "Numerical contract").
+reproduce its loss and gradients (mpipipe/DESIGN.md, "The numerical contract").
 """
 
 from __future__ import annotations

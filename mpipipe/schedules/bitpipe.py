@@ -23,9 +23,10 @@ forward and backward for U = 2D - W pairs. Between units, the drain of one
 unit is filled with the next unit's warm-up: W - U + 1 backwards, U - 1
 pairs, W - U + 1 forwards. Every rank then holds at most D micro-batches
 (of L/D layers), rank 0 (3D+2)/4, and at F = B idles D-2 time units, the
-bubble (D-2)/(4N+D-2). With D = N = 4, F = 1 and B = 2 this is DESIGN.md's
-grid: 28 slots, 4 idle on every rank. The rule is the one of the BitPipe
-reference implementation, read for its op order.
+bubble (D-2)/(4N+D-2). With D = N = 4, F = 1 and B = 2 this is the grid of
+mpipipe/DESIGN.md, "The reference grid": 28 slots, 4 idle on every rank.
+The rule is the one of the BitPipe reference implementation, read for its
+op order.
 """
 
 from __future__ import annotations

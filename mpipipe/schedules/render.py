@@ -16,7 +16,7 @@ _MAX_SLOTS = 20000
 
 
 def timeline_text(simulation: Simulation) -> str:
-    """One row per rank and one column per time slot (mpipipe/DESIGN.md, "The reference grid").
+    """One row per rank, one column per time slot (mpipipe/DESIGN.md, "The reference grid").
 
     A slot is the largest time unit that divides every start and end; an op
     fills its first slot with its name and the rest with '=', '.' is idle.
