@@ -11,7 +11,7 @@ import pytest
 
 from mpipipe.bench.emulated import EmulatedResult, bitpipe_ratios
 from mpipipe.bench.emulated_device import emulated_accelerator
-from mpipipe.bench.emulated_model import emulated_compute_factory, emulated_model, stage_costs
+from mpipipe.bench.emulated_model import emulated_model, emulated_stage_factory, stage_costs
 from mpipipe.bench.report import markdown_table
 from mpipipe.schedules import build_schedule, partition_layers
 from mpipipe.schedules.simulate import OpCosts, simulate
@@ -83,14 +83,14 @@ def test_emulated_messages_have_the_real_models_size():
         "uniform",
     )
     costs = stage_costs(0.0, ranks, schedule.stages)
-    make = emulated_compute_factory(model, stage_layers, 2, costs, emulated_accelerator())
+    make = emulated_stage_factory(model, stage_layers, 2, costs, emulated_accelerator())
     for stage in range(schedule.stages):
-        compute = make(stage, stage_layers[stage])
+        compute = make(stage, stage_layers[stage], None)
         if stage < schedule.stages - 1:
             assert compute.output.shape == (2, seq_len, channels)
         if stage > 0:
             assert compute.input_gradient.shape == (2, seq_len, channels)
-    assert make(schedule.stages - 1, stage_layers[-1]).output.shape == ()
+    assert make(schedule.stages - 1, stage_layers[-1], None).output.shape == ()
 
 
 def _result(schedule: str, step_s: float, simulated_s: float) -> EmulatedResult:

@@ -111,6 +111,22 @@ def test_optimizer_slices_line_up_with_parameters_and_cover_the_state():
     assert all(np.all(array == 1) for state in trainer.optimizer.state for array in state.values())
 
 
+def test_optimizer_slices_follow_each_groups_span_not_the_group_order():
+    trainer = tiny_trainer()
+    optimizer = trainer.optimizer
+    assert len(optimizer.groups) > 1
+    for group, state in zip(optimizer.groups, optimizer.state, strict=True):
+        for array in state.values():
+            array[...] = group.param
+    optimizer.groups.reverse()
+    optimizer.state.reverse()
+    slices = optimizer_slices(trainer.store, optimizer)
+    assert set(slices) == set(trainer.store.params)
+    for key, arrays in slices.items():
+        for array in arrays.values():
+            assert np.array_equal(array, trainer.store.params[key]), key
+
+
 # ----- the folder --------------------------------------------------------------
 
 

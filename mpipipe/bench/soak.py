@@ -9,9 +9,10 @@ records on every rank, all ranks standing still between two barriers:
 
 - resident memory (VmRSS of /proc/self/status), after a garbage collection;
 - open file descriptors (/proc/self/fd);
-- MPI requests still pending: the engine's unfinished sends and posted
-  receives, every live mpi4py Request object that is not yet completed, and
-  any message that arrived but was never received (Iprobe).
+- MPI requests still pending: the engine's unfinished sends, posted receives
+  and gradient syncs (`Engine.pending_requests`), every live mpi4py Request
+  object that is not yet completed, and any message that arrived but was
+  never received (Iprobe).
 
 Prints a table and exits 1 when the memory at the last step is not within
 --tolerance of the first mark, a descriptor was leaked, or anything is
@@ -43,11 +44,12 @@ class Probe:
     posted_receives: int
     live_requests: int  # mpi4py Request objects not yet completed
     unreceived_messages: int  # messages waiting to be matched by a receive
+    pending_syncs: int
 
     @property
     def pending(self) -> int:
-        return (self.pending_sends + self.posted_receives + self.live_requests
-                + self.unreceived_messages)
+        return (self.pending_sends + self.posted_receives + self.pending_syncs
+                + self.live_requests + self.unreceived_messages)
 
 
 def resident_kib() -> int:
@@ -76,17 +78,18 @@ def unreceived_messages(comm) -> int:
 def probe(trainer) -> Probe:
     """Measure this rank between steps (call it on every rank at once)."""
     gc.collect()
-    engine = trainer.engine
     # Every rank has finished the step before any looks, and looks before any starts the next.
     trainer.comm.Barrier()
+    requests = trainer.engine.pending_requests()
     measured = Probe(
         step=trainer.step,
         rss_kib=resident_kib(),
         open_files=len(os.listdir("/proc/self/fd")),
-        pending_sends=len(engine.messenger.sends),
-        posted_receives=len(getattr(engine, "_posted", {})),
+        pending_sends=requests.sends,
+        posted_receives=requests.receives,
         live_requests=live_mpi_requests(),
         unreceived_messages=unreceived_messages(trainer.comm),
+        pending_syncs=requests.syncs,
     )
     trainer.comm.Barrier()
     return measured

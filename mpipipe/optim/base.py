@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,11 +13,16 @@ from mpipipe.errors import UsageError
 
 @dataclass
 class ParamGroup:
-    """One flat parameter array, its gradient (same shape) and its weight decay."""
+    """One flat parameter array, its gradient (same shape) and its weight decay.
+
+    `key` says which part of the parameters the group is (the trainer's groups: a
+    `runtime.params.Span`), so that its state can be found without relying on order.
+    """
 
     param: object
     grad: object
     weight_decay: float
+    key: Hashable | None = None
 
 
 class Optimizer:
