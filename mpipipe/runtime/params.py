@@ -176,10 +176,6 @@ class ParamStore:
         """Host copies of every parameter this rank holds, by logical name."""
         return {key: self.backend.to_host(value).copy() for key, value in self.params.items()}
 
-    def load_host_params(self, values: dict[ParamKey, np.ndarray]) -> None:
-        for key, target in self.params.items():
-            target[...] = self.backend.asarray(values[key])
-
 
 def _new_bucket(index, stages, keys, shapes, members) -> Bucket:
     decayed = [key for key in keys if weight_decay_applies(shapes[key])]
