@@ -2,10 +2,11 @@
 
     jobs/local/mpirun.sh -n 4 .venv/bin/python -m mpipipe.bench.soak [--steps 1000] [--first 100]
 
-Trains examples/gpt_tiny.toml's model with BitPipe on the CPU (any --set
-override applies on top), saving a checkpoint every --first steps (or
-checkpoint.every, when set), and after step --first and after the last step
-records on every rank, all ranks standing still between two barriers:
+Trains a tiny GPT (examples/gpt_tiny.toml's, written out in SOAK_SETTINGS)
+with BitPipe on the CPU (any --set override applies on top), saving a
+checkpoint every --first steps (or checkpoint.every, when set), and after step
+--first and after the last step records on every rank, all ranks standing
+still between two barriers:
 
 - resident memory (VmRSS of /proc/self/status), after a garbage collection;
 - open file descriptors (/proc/self/fd);
@@ -29,8 +30,16 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "gpt_tiny.toml")
-SOAK_SETTINGS = ["parallel.schedule=bitpipe", "runtime.device=cpu", "runtime.trace=false"]
+SOAK_SETTINGS = [
+    "model.kind=gpt", "model.vocab_size=256", "model.seq_len=64", "model.n_layer=8",
+    "model.n_head=4", "model.d_model=64",
+    "data.source=stdlib", "data.microbatch_size=4",
+    "optim.name=adamw", "optim.lr=3e-3", "optim.warmup_steps=20", "optim.weight_decay=0.01",
+    "optim.grad_clip=1.0",
+    "train.seed=1234",
+    "parallel.pipeline=0", "parallel.schedule=bitpipe", "parallel.microbatches=8",
+    "runtime.device=cpu", "runtime.dtype=float32", "runtime.trace=false",
+]
 
 
 @dataclass
@@ -139,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=0.05,
                         help="allowed change of resident memory between marks (default 0.05)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="config override on top of examples/gpt_tiny.toml (repeatable)")
+                        help="config override on top of SOAK_SETTINGS (repeatable)")
     parser.add_argument("--out", default=None,
                         help="run folder (default: a temporary folder, removed at the end)")
     args = parser.parse_args(argv)
@@ -171,7 +180,7 @@ def _setup(comm, args):
 
     overrides = [*SOAK_SETTINGS, f"train.steps={args.steps}", f"checkpoint.every={args.first}",
                  *args.set]
-    config = load_config(os.path.normpath(EXAMPLE), overrides)
+    config = load_config(None, overrides)
     backend = select_backend(config.runtime.device, config.runtime.dtype)
     return config, backend, plan_run(config, comm.Get_size(), comm.Get_rank())
 
