@@ -35,10 +35,23 @@ class BufferPool:
         self.free.setdefault(tuple(array.shape), []).append(array)
 
 
+@dataclass(frozen=True)
+class PendingCounts:
+    """Requests started and not yet finished; all zero between two steps."""
+
+    sends: int
+    receives: int
+    syncs: int
+
+    @property
+    def total(self) -> int:
+        return self.sends + self.receives + self.syncs
+
+
 @dataclass
 class PendingReceive:
     request: object
-    buffer: object  # device (or host on CPU) array the data ends up in
+    buffer: object  # array of the compute module (device, or host on CPU) the data ends up in
     staging: object | None  # pinned host buffer the data arrives in when staged
     info: WaitInfo
 
@@ -58,8 +71,9 @@ class Messenger:
         self.staged = backend.is_gpu and not cuda_aware
         self.watchdog = watchdog
         xp, dtype = backend.xp, backend.dtype
-        self.device_pool = BufferPool(lambda shape: xp.empty(shape, dtype=dtype))
-        self.host_pool = BufferPool(self._pinned_empty) if self.staged else None
+        # Receive buffers, arrays of the compute module; pinned host arrays to stage through.
+        self.buffer_pool = BufferPool(lambda shape: xp.empty(shape, dtype=dtype))
+        self.staging_pool = BufferPool(self._pinned_empty) if self.staged else None
         self.sends: list[tuple[object, object, object | None]] = []  # (request, array, staging)
         self.receives: list[PendingReceive] = []  # posted, not yet finished
         self.syncs: list[PendingSync] = []  # started, not yet finished
@@ -74,9 +88,9 @@ class Messenger:
         return np.frombuffer(memory, dtype=self.backend.dtype, count=size).reshape(shape)
 
     def post_receive(self, shape, peer: int, tag: int, info: WaitInfo) -> PendingReceive:
-        buffer = self.device_pool.take(shape)
+        buffer = self.buffer_pool.take(shape)
         if self.staged:
-            staging = self.host_pool.take(shape)
+            staging = self.staging_pool.take(shape)
             request = self.comm.Irecv(staging, source=peer, tag=tag)
         else:
             staging = None
@@ -91,14 +105,14 @@ class Messenger:
         self.watchdog.wait(pending.request, pending.info)
         if pending.staging is not None:
             pending.buffer.set(pending.staging)
-            self.host_pool.give_back(pending.staging)
+            self.staging_pool.give_back(pending.staging)
         return pending.buffer
 
     def send(self, array, peer: int, tag: int) -> None:
         array = self.backend.xp.ascontiguousarray(array)
         self.backend.synchronize()
         if self.staged:
-            staging = self.host_pool.take(tuple(array.shape))
+            staging = self.staging_pool.take(tuple(array.shape))
             array.get(out=staging)
             request = self.comm.Isend(staging, dest=peer, tag=tag)
         else:
@@ -106,6 +120,9 @@ class Messenger:
             request = self.comm.Isend(array, dest=peer, tag=tag)
         # Keep `array` referenced until MPI has read it.
         self.sends.append((request, array, staging))
+
+    def pending(self) -> PendingCounts:
+        return PendingCounts(len(self.sends), len(self.receives), len(self.syncs))
 
     def poll(self) -> None:
         """Let MPI move data: test every send, posted receive and sync; drop finished sends.
@@ -123,7 +140,7 @@ class Messenger:
         for request, array, staging in self.sends:
             if request.Test():
                 if staging is not None:
-                    self.host_pool.give_back(staging)
+                    self.staging_pool.give_back(staging)
             else:
                 still_pending.append((request, array, staging))
         self.sends = still_pending
@@ -133,7 +150,7 @@ class Messenger:
             info = WaitInfo("send completion", op_label, None, None, array.nbytes)
             self.watchdog.wait(request, info)
             if staging is not None:
-                self.host_pool.give_back(staging)
+                self.staging_pool.give_back(staging)
         self.sends = []
 
     def start_gradient_sync(self, comm, grad, label: str) -> PendingSync:

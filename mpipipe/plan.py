@@ -15,6 +15,7 @@ from mpipipe.config.schema import Config
 from mpipipe.config.validate import pipeline_degree, validate_config
 from mpipipe.data import build_batcher
 from mpipipe.models.model import Model, build_model
+from mpipipe.runtime.batch_source import MicroBatchSource
 from mpipipe.runtime.grid import ProcessGrid, make_grid
 from mpipipe.schedules import build_schedule, stages_reason
 from mpipipe.schedules.partition import partition_layers
@@ -28,7 +29,7 @@ class RunPlan:
     model: Model
     schedule: Schedule
     stage_layers: list[range]
-    batcher: object
+    batcher: MicroBatchSource
 
     @property
     def tokens_per_step(self) -> int:
@@ -40,8 +41,18 @@ class RunPlan:
 
 
 def plan_run(
-    config: Config, world_size: int, world_rank: int, model: Model | None = None, batcher=None
+    config: Config,
+    world_size: int,
+    world_rank: int,
+    model: Model | None = None,
+    batcher: MicroBatchSource | None = None,
 ) -> RunPlan:
+    """The plan of `config` on `world_size` ranks; `model` and `batcher` replace the config's."""
+    if batcher is not None and not isinstance(batcher, MicroBatchSource):
+        raise TypeError(
+            f"plan_run(batcher=...): {type(batcher).__name__} is not a MicroBatchSource "
+            "(it needs microbatch(step, replica, index) and vocab_size)"
+        )
     validate_config(config, world_size=world_size)
     parallel = config.parallel
     parallel.pipeline = pipeline_degree(parallel.pipeline, parallel.data_parallel, world_size)
@@ -49,7 +60,7 @@ def plan_run(
     if batcher is None:
         batcher = build_batcher(config)
     if model is None:
-        model = build_model(config.model, data_vocab=getattr(batcher, "vocab_size", None))
+        model = build_model(config.model, data_vocab=batcher.vocab_size)
     schedule = build_schedule(
         parallel.schedule, parallel.pipeline, parallel.microbatches, chunks=parallel.chunks
     )

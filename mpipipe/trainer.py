@@ -28,14 +28,16 @@ from mpipipe.checkpoint.save import (
     save_checkpoint,
     use_parallel_hdf5,
 )
-from mpipipe.engine import Engine, StepStats
+from mpipipe.engine import Engine, EngineOptions
 from mpipipe.metrics import MetricsWriter
 from mpipipe.optim import ParamGroup, build_optimizer, clip_coefficient, learning_rate
 from mpipipe.plan import RunPlan
 from mpipipe.progress import Progress
 from mpipipe.runtime.failure import CollectiveStop
-from mpipipe.runtime.faults import FaultInjector
+from mpipipe.runtime.faults import faults_from_environment
 from mpipipe.runtime.params import ParamStore
+from mpipipe.runtime.stage import StageFactory
+from mpipipe.runtime.step_stats import StepStats
 from mpipipe.runtime.timeline import Timeline, rank0_clock_offset, write_chrome_trace
 from mpipipe.runtime.watchdog import Watchdog
 
@@ -44,13 +46,16 @@ SAVE_ESTIMATE_S = 10.0
 
 
 def optimizer_groups(store: ParamStore, weight_decay: float) -> list[ParamGroup]:
-    """One group per span of each bucket: the decayed matrices, then the undecayed vectors."""
+    """One group per span of each bucket, keyed by the span (checkpoints find its state so)."""
     return [
         ParamGroup(
-            bucket.param[start:end], bucket.grad[start:end], weight_decay if decayed else 0.0
+            bucket.param[span.start : span.end],
+            bucket.grad[span.start : span.end],
+            weight_decay if span.decayed else 0.0,
+            key=span,
         )
         for bucket in store.buckets
-        for start, end, decayed in bucket.spans()
+        for span in bucket.spans()
     ]
 
 
@@ -63,7 +68,7 @@ class Trainer:
         backend,
         out_dir: str | None = None,
         cuda_aware: bool = False,
-        compute_factory=None,
+        stage_factory: StageFactory | None = None,
         verbose: bool = True,
         resuming: bool = False,
     ):
@@ -84,27 +89,23 @@ class Trainer:
         self.optimizer = build_optimizer(
             optimizer_groups(self.store, self.config.optim.weight_decay), self.config.optim
         )
+        self.faults = faults_from_environment(self.rank)
         self.engine = Engine(
+            plan,
+            self.store,
             comm=comm,
-            grid=plan.grid,
-            schedule=plan.schedule,
-            model=plan.model,
-            stage_layers=plan.stage_layers,
-            store=self.store,
             backend=backend,
-            batcher=plan.batcher,
-            microbatch_size=self.config.data.microbatch_size,
             watchdog=self.watchdog,
             timeline=self.timeline,
-            cuda_aware=cuda_aware,
-            recv_window=runtime.recv_window,
-            compute_factory=compute_factory,
-            faults=FaultInjector(self.rank),
+            options=EngineOptions(recv_window=runtime.recv_window, cuda_aware=cuda_aware),
+            faults=self.faults,
+            stage_factory=stage_factory,
         )
         self.step = 0
         self.started = time.monotonic()
         self.slowest_save_s = 0.0
-        self.stop_requested = False  # learnt by every rank at the end of a step
+        # Some rank was asked to stop during the last step: every rank learns it at its end.
+        self.stop_asked_on_some_rank = False
         self.preempted = False  # run() saved and returned early because of a stop request
         self.parallel_checkpoints = use_parallel_hdf5(self.config.checkpoint.parallel)
         self.checkpoint_dir = (
@@ -123,7 +124,7 @@ class Trainer:
         learning = learning_rate(self.step, optim, self.config.train.steps)
         started = time.perf_counter()
         stats = self.engine.forward_backward(self.step)
-        self.stop_requested = stats.stop_requested
+        self.stop_asked_on_some_rank = stats.stop_asked_on_some_rank
         applied = stats.finite
         if not stats.finite:
             self._on_non_finite(stats)
@@ -187,7 +188,7 @@ class Trainer:
             if progress is not None:
                 progress.update(row, last=self.step == last)
             self._stop_before_time_limit(row["step_time_s"])
-            if self.stop_requested:
+            if self.stop_asked_on_some_rank:
                 self._save_in_run_folder(progress, why="stop requested")
                 self.preempted = True
                 return rows
@@ -204,7 +205,7 @@ class Trainer:
         stop after the same step, save and exit 75, whatever the launcher does.
         """
         limit = self.config.train.time_limit_s
-        if not limit or self.engine.stop_requested:
+        if not limit or self.engine.stop_asked_on_this_rank:
             return
         save_estimate = self.slowest_save_s or SAVE_ESTIMATE_S
         remaining = limit - (time.monotonic() - self.started)
@@ -213,7 +214,7 @@ class Trainer:
 
     def request_stop(self) -> None:
         """Save and stop at the end of the current step (safe to call from a signal handler)."""
-        self.engine.stop_requested = True
+        self.engine.ask_to_stop()
 
     def run_state(self) -> RunState:
         return RunState(self.comm, self.plan, self.store, self.optimizer, self.step)
@@ -221,7 +222,7 @@ class Trainer:
     def save_checkpoint(self, path: str) -> SavedCheckpoint:
         """Write a checkpoint of this step to `path` (collective)."""
         saved = save_checkpoint(
-            self.run_state(), path, parallel=self.parallel_checkpoints, faults=self.engine.faults
+            self.run_state(), path, parallel=self.parallel_checkpoints, faults=self.faults
         )
         self._saved_step = self.step
         return saved

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from mpipipe.bench.driver import BenchOptions, part_command
 from mpipipe.bench.emulated import EmulatedResult, bitpipe_ratios
 from mpipipe.bench.emulated_device import emulated_accelerator
-from mpipipe.bench.emulated_model import emulated_compute_factory, emulated_model, stage_costs
+from mpipipe.bench.emulated_model import emulated_model, emulated_stage_factory, stage_costs
+from mpipipe.bench.launcher import PROGRAM_VARIABLE, find_launcher
 from mpipipe.bench.report import markdown_table
 from mpipipe.schedules import build_schedule, partition_layers
 from mpipipe.schedules.simulate import OpCosts, simulate
@@ -83,14 +86,14 @@ def test_emulated_messages_have_the_real_models_size():
         "uniform",
     )
     costs = stage_costs(0.0, ranks, schedule.stages)
-    make = emulated_compute_factory(model, stage_layers, 2, costs, emulated_accelerator())
+    make = emulated_stage_factory(model, stage_layers, 2, costs, emulated_accelerator())
     for stage in range(schedule.stages):
-        compute = make(stage, stage_layers[stage])
+        compute = make(stage, stage_layers[stage], None)
         if stage < schedule.stages - 1:
             assert compute.output.shape == (2, seq_len, channels)
         if stage > 0:
             assert compute.input_gradient.shape == (2, seq_len, channels)
-    assert make(schedule.stages - 1, stage_layers[-1]).output.shape == ()
+    assert make(schedule.stages - 1, stage_layers[-1], None).output.shape == ()
 
 
 def _result(schedule: str, step_s: float, simulated_s: float) -> EmulatedResult:
@@ -148,3 +151,44 @@ def test_all_joins_every_part_found_in_the_output_folder(tmp_path):
     assert gpu_markdown in readme
     assert "Command: `python -m mpipipe bench gpu" in readme
     assert set(json.loads((tmp_path / "bench.json").read_text())) == {"gpu"}
+
+
+def _fake_launcher(folder, version_line: str) -> None:
+    script = folder / "mpiexec"
+    script.write_text(f"#!/bin/sh\necho '{version_line}'\n")
+    script.chmod(0o755)
+
+
+def test_launcher_from_path_gets_the_local_settings_only_under_open_mpi(tmp_path, monkeypatch):
+    monkeypatch.delenv(PROGRAM_VARIABLE, raising=False)
+    monkeypatch.delenv("OMPI_MCA_btl_tcp_if_include", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    _fake_launcher(tmp_path, "mpiexec (OpenRTE) 4.1.4")
+    open_mpi = find_launcher(None)
+    assert open_mpi.command == ["mpiexec", "--oversubscribe"] and open_mpi.chosen_here
+    assert open_mpi.environment["OMPI_MCA_btl_tcp_if_include"] == "lo"
+    _fake_launcher(tmp_path, "HYDRA build details:")
+    other = find_launcher(None)
+    assert other.command == ["mpiexec"]
+    assert "OMPI_MCA_btl_tcp_if_include" not in other.environment
+
+
+def test_given_launcher_is_used_exactly_as_given():
+    launcher = find_launcher("srun --mpi=pmix -c 1")
+    assert launcher.command == ["srun", "--mpi=pmix", "-c", "1"] and not launcher.chosen_here
+    command = part_command(BenchOptions(), launcher, "cpu")
+    assert command[:5] == ["srun", "--mpi=pmix", "-c", "1", "-n"]
+
+
+def test_all_without_a_launcher_says_how_to_give_one(tmp_path):
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [sys.executable, *mpipipe_args("bench", "all", "--parts", "cpu", "--out", str(out))],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={**os.environ, PROGRAM_VARIABLE: "mpiexec-that-is-not-installed"},
+    )
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--mpiexec COMMAND" in lines[0], lines
+    assert "'mpiexec-that-is-not-installed' is not on PATH" in lines[0]
+    assert not out.exists()

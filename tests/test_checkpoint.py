@@ -111,6 +111,22 @@ def test_optimizer_slices_line_up_with_parameters_and_cover_the_state():
     assert all(np.all(array == 1) for state in trainer.optimizer.state for array in state.values())
 
 
+def test_optimizer_slices_follow_each_groups_span_not_the_group_order():
+    trainer = tiny_trainer()
+    optimizer = trainer.optimizer
+    assert len(optimizer.groups) > 1
+    for group, state in zip(optimizer.groups, optimizer.state, strict=True):
+        for array in state.values():
+            array[...] = group.param
+    optimizer.groups.reverse()
+    optimizer.state.reverse()
+    slices = optimizer_slices(trainer.store, optimizer)
+    assert set(slices) == set(trainer.store.params)
+    for key, arrays in slices.items():
+        for array in arrays.values():
+            assert np.array_equal(array, trainer.store.params[key]), key
+
+
 # ----- the folder --------------------------------------------------------------
 
 
@@ -163,11 +179,41 @@ def test_file_holds_every_parameter_under_its_global_name(saved):
 def test_load_restores_parameters_optimizer_and_step(saved):
     path, trainer = saved
     fresh = tiny_trainer()
+    kept = [array for state in fresh.optimizer.state for array in state.values()]
     loaded = load_checkpoint(fresh.run_state(), path)
     assert loaded.step == 3 and loaded.same_data
     for key, value in trainer.store.host_params().items():
         assert np.array_equal(fresh.store.params[key], value)
     assert fresh.optimizer.step_count == 3
+    restored = [array for state in fresh.optimizer.state for array in state.values()]
+    saved_state = [array for state in trainer.optimizer.state for array in state.values()]
+    assert all(before is after for before, after in zip(kept, restored, strict=True))
+    for want, got in zip(saved_state, restored, strict=True):
+        assert want.tobytes() == got.tobytes()
+    assert any(np.any(array != 0) for array in restored), "the state is still all zeros"
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_save_and_resume_equals_training_straight_through_with_either_optimizer(name, tmp_path):
+    settings = {"optim__name": name, "optim__weight_decay": 0.1}
+    straight = tiny_trainer(**settings)
+    straight_losses = [straight.train_step()["loss"] for _ in range(5)]
+    first = tiny_trainer(**settings)
+    for _ in range(2):
+        first.train_step()
+    path = str(tmp_path / folder.checkpoint_name(2))
+    first.save_checkpoint(path)
+    resumed = tiny_trainer(**settings)
+    resumed.resume(path)
+    assert resumed.step == 2
+    assert [resumed.train_step()["loss"] for _ in range(3)] == straight_losses[2:]
+    for key, value in straight.store.host_params().items():
+        assert value.tobytes() == resumed.store.host_params()[key].tobytes(), key
+    for want, got in zip(straight.optimizer.state, resumed.optimizer.state, strict=True):
+        assert want.keys() == got.keys()
+        for state in want:
+            assert want[state].tobytes() == got[state].tobytes(), state
+    assert resumed.optimizer.step_count == straight.optimizer.step_count == 5
 
 
 def test_inspect_shows_step_config_schedule_and_datasets(saved, capsys):

@@ -226,7 +226,7 @@ def test_soak_probes_see_an_unfinished_request_and_an_unreceived_message():
 
 def test_soak_bounds_flag_memory_growth_a_leaked_file_and_pending_work():
     def mark(step, rss_kib=100_000, open_files=20, pending_sends=0):
-        return Probe(step, rss_kib, open_files, pending_sends, 0, 0, 0)
+        return Probe(step, rss_kib, open_files, pending_sends, 0, 0, 0, 0)
 
     assert broken_bounds([mark(100)], [mark(1000, rss_kib=104_999)], 0.05) == []
     problems = broken_bounds(

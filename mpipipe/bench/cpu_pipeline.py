@@ -14,52 +14,18 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from mpipipe.backend import Backend
-from mpipipe.config.schema import Config, ModelConfig
+from mpipipe.bench.cpu_settings import CpuPipelineSettings, StepRunner
+from mpipipe.bench.optional import installed
+from mpipipe.config.schema import Config
 from mpipipe.plan import plan_run
-from mpipipe.schedules import SCHEDULE_KINDS
 from mpipipe.trainer import Trainer
 
 FLOAT32 = Backend(xp=np, dtype=np.float32, device="cpu")
-
-
-@dataclass
-class CpuPipelineSettings:
-    schedules: list[str] = field(default_factory=lambda: list(SCHEDULE_KINDS))
-    d_model: int = 256
-    n_head: int = 4
-    n_layer: int = 8
-    seq_len: int = 256
-    vocab_size: int = 256
-    microbatch_size: int = 4
-    microbatches_per_rank: int = 4  # N = this * D
-    warmup_steps: int = 1
-    steps: int = 4
-
-    def model_config(self) -> ModelConfig:
-        return ModelConfig(
-            kind="gpt", vocab_size=self.vocab_size, seq_len=self.seq_len, n_layer=self.n_layer,
-            n_head=self.n_head, d_model=self.d_model, tie_embeddings=False,
-        )
-
-    def tokens_per_step(self, ranks: int) -> int:
-        return self.microbatches_per_rank * ranks * self.microbatch_size * self.seq_len
-
-
-@dataclass
-class StepRunner:
-    """One framework's training of one schedule, ready to take steps."""
-
-    framework: str  # "mpipipe" or "pytorch"
-    schedule: str
-    microbatches: int
-    tokens_per_step: int
-    step: Callable[[], float]  # one optimizer step; returns the global batch's mean loss
 
 
 @dataclass
@@ -137,9 +103,9 @@ def check_cases(ranks: int, settings: CpuPipelineSettings) -> None:
 
 def run_cpu_pipelines(comm, settings: CpuPipelineSettings, report=print) -> list[PipelineResult]:
     """Each schedule with mpipipe, and with PyTorch where it has it and is installed."""
-    try:
+    if installed("torch"):
         from mpipipe.bench import torch_pipeline
-    except ImportError:
+    else:
         torch_pipeline = None
         report("PyTorch is not installed: skipping its pipelining (pip install mpipipe[bench])")
     results = []

@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 
 from mpipipe.bench import report
+from mpipipe.bench.launcher import Launcher, find_launcher
 from mpipipe.commands.train import prepare_out_dir
 from mpipipe.errors import EXIT_USAGE, UsageError
 from mpipipe.schedules import SCHEDULE_KINDS
@@ -28,7 +29,6 @@ MPI_PARTS = {"emulated", "cpu"}
 CPU_RANKS = 2
 # The exact command `mpipipe bench all` launched a part with, handed to the part.
 COMMAND_VARIABLE = "MPIPIPE_BENCH_COMMAND"
-REPO_MPIRUN = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "local", "mpirun.sh")
 
 
 @dataclass
@@ -40,7 +40,7 @@ class BenchOptions:
     microbatch_multiples: list[int] = field(default_factory=lambda: [1, 2, 4])
     f0_ms: list[float] = field(default_factory=lambda: [20.0, 40.0])
     steps: int | None = None  # timed steps; None: each part's default
-    mpiexec: str | None = None  # launcher for `all`; None: jobs/local/mpirun.sh or mpiexec
+    mpiexec: str | None = None  # launcher command for `all`; None: see launcher.find_launcher
     timeout_s: float = 3600.0
     command: str | None = None  # how the part was started, for the tables; None: from sys.argv
     parts: list[str] = field(default_factory=lambda: list(PARTS))  # what `all` runs
@@ -133,7 +133,7 @@ def run_emulated_part(options: BenchOptions) -> int:
 
 
 def cpu_settings(options: BenchOptions):
-    from mpipipe.bench.cpu_pipeline import CpuPipelineSettings
+    from mpipipe.bench.cpu_settings import CpuPipelineSettings
 
     settings = CpuPipelineSettings(schedules=options.schedules)
     if options.quick:
@@ -243,19 +243,11 @@ RUNNERS = {
 # ----- all parts from one command -------------------------------------------------------
 
 
-def launcher(options: BenchOptions) -> list[str]:
-    if options.mpiexec:
-        return shlex.split(options.mpiexec)
-    if os.path.exists(REPO_MPIRUN):
-        return ["bash", os.path.normpath(REPO_MPIRUN)]
-    return ["mpiexec"]
-
-
-def part_command(options: BenchOptions, part: str) -> list[str]:
+def part_command(options: BenchOptions, launcher: Launcher, part: str) -> list[str]:
     ranks = max(options.ranks) if part == "emulated" else CPU_RANKS
-    binding = ["--bind-to", "core"] if part == "cpu" and not options.mpiexec else []
+    binding = ["--bind-to", "core"] if part == "cpu" and launcher.chosen_here else []
     return [
-        *launcher(options), *binding, "-n", str(ranks), sys.executable, "-m", "mpipipe",
+        *launcher.command, *binding, "-n", str(ranks), sys.executable, "-m", "mpipipe",
         "bench", part, *options.passthrough(part),
     ]
 
@@ -276,16 +268,19 @@ def readable(command: list[str]) -> str:
 def run_all(options: BenchOptions) -> int:
     """The parts asked for (MPI ones as mpiexec jobs), then README.md and bench.json from every
     part whose results are in --out."""
+    launcher = find_launcher(options.mpiexec) if MPI_PARTS.intersection(options.parts) else None
     prepare_out_dir(options.out)
     for part in options.parts:
         if part not in MPI_PARTS:
             command = ["python", "-m", "mpipipe", "bench", part, *options.passthrough(part)]
             RUNNERS[part](replace(options, command=shlex.join(command)))
             continue
-        command = part_command(options, part)
+        command = part_command(options, launcher, part)
         shown = readable(["OMP_NUM_THREADS=1", *command])
         print(f"mpipipe bench: running {shown}", flush=True)
-        environment = {**os.environ, "OMP_NUM_THREADS": "1", COMMAND_VARIABLE: shown}
+        environment = {
+            **os.environ, **launcher.environment, "OMP_NUM_THREADS": "1", COMMAND_VARIABLE: shown
+        }
         completed = subprocess.run(command, env=environment, timeout=options.timeout_s)
         if completed.returncode != 0:
             print(f"mpipipe bench: the {part} part failed (exit {completed.returncode})",

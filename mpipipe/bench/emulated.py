@@ -18,13 +18,14 @@ import numpy as np
 from mpipipe.bench.emulated_device import emulated_accelerator
 from mpipipe.bench.emulated_model import (
     ZeroBatcher,
-    emulated_compute_factory,
     emulated_model,
+    emulated_stage_factory,
     stage_costs,
 )
-from mpipipe.bench.mpi_tools import first_ranks, idle_barrier, one_way_seconds
+from mpipipe.bench.mpi_tools import idle_barrier, one_way_seconds
 from mpipipe.config.schema import Config
 from mpipipe.plan import plan_run
+from mpipipe.runtime.mpi_helpers import first_ranks
 from mpipipe.schedules import SCHEDULE_KINDS, build_schedule
 from mpipipe.schedules.simulate import OpCosts, simulate
 from mpipipe.trainer import Trainer
@@ -119,10 +120,10 @@ def run_case(
     plan = plan_run(config, ranks, comm.Get_rank(), model=model, batcher=batcher)
     costs = stage_costs(f0_s, ranks, plan.schedule.stages)
     device = emulated_accelerator()
-    factory = emulated_compute_factory(
+    factory = emulated_stage_factory(
         model, plan.stage_layers, settings.microbatch_size, costs, device
     )
-    trainer = Trainer(plan, comm=comm, backend=device, compute_factory=factory, verbose=False)
+    trainer = Trainer(plan, comm=comm, backend=device, stage_factory=factory, verbose=False)
     rows = [trainer.train_step() for _ in range(settings.warmup_steps + settings.steps)]
     trainer.finish()
     timed = rows[settings.warmup_steps :]

@@ -70,7 +70,8 @@ def emulated_accelerator() -> EmulatedAccelerator:
 
 
 class QueuedCompute:
-    """One stage: every op queues its cost on the device and returns buffers of the real shapes."""
+    """A StageCompute whose ops queue their cost on the device and return arrays of the real
+    shapes."""
 
     def __init__(self, device: EmulatedAccelerator, costs: OpCosts, output, input_gradient):
         self.device = device

@@ -1,7 +1,7 @@
 """The model an emulated accelerator runs: real boundary shapes, next to no parameters.
 
-The engine runs unchanged; only the stage compute is replaced (see
-emulated_device.py). Each op keeps the device busy for its calibrated
+The engine runs unchanged; only the stage compute is replaced, through the
+engine's stage factory (see emulated_device.py). Each op keeps the device busy for its calibrated
 duration, then hands on arrays of the real model's boundary shape, so every
 message is real MPI traffic of the real size. The model behind it has one
 one-element parameter per layer, so gradient syncs and the optimizer cost
@@ -14,13 +14,12 @@ B = 2F and, for split backwards, I = W = B / 2.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from mpipipe.bench.emulated_device import EmulatedAccelerator, QueuedCompute
-from mpipipe.layers.base import Layer
+from mpipipe.layers.base import Layer, MicroBatch
 from mpipipe.models.model import Model
+from mpipipe.runtime.stage import StageFactory
 from mpipipe.schedules.simulate import OpCosts
 
 EMULATED_KIND = "emulated"
@@ -69,22 +68,16 @@ def emulated_model(channels: int, seq_len: int, body_layers: int) -> Model:
     return Model(EMULATED_KIND, layers, vocab_size=2, seq_len=seq_len)
 
 
-@dataclass
-class HostMicroBatch:
-    tokens: np.ndarray
-    targets: np.ndarray
-    attention_mask: None
-    loss_normalizer: float
-
-
 class ZeroBatcher:
-    """Micro-batches of token 0: the emulated stages never read them."""
+    """Micro-batches of token 0 (a MicroBatchSource): the emulated stages never read them."""
+
+    vocab_size = 1
 
     def __init__(self, microbatch_size: int, seq_len: int):
         tokens = np.zeros((microbatch_size, seq_len), dtype=np.int64)
-        self.batch = HostMicroBatch(tokens, tokens, None, float(tokens.size))
+        self.batch = MicroBatch(tokens, tokens, None, float(tokens.size))
 
-    def microbatch(self, step: int, replica: int, microbatch: int) -> HostMicroBatch:
+    def microbatch(self, step: int, replica: int, index: int) -> MicroBatch:
         return self.batch
 
 
@@ -94,11 +87,11 @@ def stage_costs(f0: float, ranks: int, stages: int) -> OpCosts:
     return OpCosts(forward=forward, backward=2 * forward)
 
 
-def emulated_compute_factory(
+def emulated_stage_factory(
     model: Model, stage_layers: list[range], microbatch_size: int, costs: OpCosts,
     device: EmulatedAccelerator,
-):
-    """The Engine's `compute_factory` for emulated stages of `model` cut as `stage_layers`."""
+) -> StageFactory:
+    """The engine's stage factory for emulated stages of `model` cut as `stage_layers`."""
     shapes = []
     shape: tuple[int, ...] = (microbatch_size, model.seq_len)
     for layer_range in stage_layers:
@@ -107,7 +100,7 @@ def emulated_compute_factory(
             shape = model.layers[index].output_shape(shape)
     shapes.append(shape)  # shapes[s]: input of stage s; shapes[s + 1]: its output
 
-    def make(stage: int, layer_range: range) -> QueuedCompute:
+    def make(stage: int, layer_range: range, store) -> QueuedCompute:
         output = np.zeros(shapes[stage + 1], dtype=device.dtype)
         input_gradient = np.zeros(shapes[stage], dtype=device.dtype)
         return QueuedCompute(device, costs, output, input_gradient)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mpipipe.bench.optional import installed
 from mpipipe.config.schema import ModelConfig
 
 GEMM_SIZE = 8192
@@ -77,10 +78,10 @@ class FusedResult:
 
 def gpu_skip_reason() -> str | None:
     """None when CuPy sees a GPU; otherwise one line saying why the GPU benchmark is skipped."""
-    try:
-        import cupy
-    except ImportError:
+    if not installed("cupy"):
         return "GPU benchmark skipped: CuPy is not installed (pip install mpipipe[gpu])"
+    import cupy
+
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as error:  # no driver: CuPy imports but cannot run
@@ -154,10 +155,10 @@ def cupy_model_seconds(settings: GpuSettings) -> tuple[float, float]:
 
 def torch_model_seconds(settings: GpuSettings) -> float | None:
     """PyTorch eager's forward + backward of the same GPT on this GPU; None without CUDA torch."""
-    try:
-        import torch
-    except ImportError:
+    if not installed("torch"):
         return None
+    import torch
+
     if not torch.cuda.is_available():
         return None
     from mpipipe.bench.torch_gpt import loss_fn, whole_model

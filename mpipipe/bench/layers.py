@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from mpipipe.bench import gpt_step
+from mpipipe.bench.optional import installed
 from mpipipe.layers.attention import Attention
 from mpipipe.layers.base import MicroBatch
 from mpipipe.layers.block import Block
@@ -152,12 +153,12 @@ def sublayer_pairs(settings: LayerSettings) -> list[tuple[str, object, object]]:
         "mlp": MLP(channels, hidden),
         "layernorm": LayerNorm(channels),
     }
-    try:
-        import torch
-
-        from mpipipe.bench import torch_gpt
-    except ImportError:
+    if not installed("torch"):
         return [(name, layer, None) for name, layer in ours.items()]
+    import torch
+
+    from mpipipe.bench import torch_gpt
+
     torch.set_num_threads(blas_threads())
     config = model_config(settings)
     theirs = {

@@ -1,4 +1,7 @@
-"""Small MPI helpers for benchmarks that share a few cores among many ranks."""
+"""MPI helpers of the benchmarks: waiting that leaves the cores free, timing a message.
+
+Helpers the tests share with the benchmarks are in mpipipe.runtime.mpi_helpers.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +19,6 @@ def idle_barrier(comm) -> None:
     request = comm.Ibarrier()
     while not request.Test():
         time.sleep(IDLE_POLL_S)
-
-
-def first_ranks(comm, count: int):
-    """A communicator of `comm`'s first `count` ranks; None on the others."""
-    rank = comm.Get_rank()
-    sub = comm.Split(0 if rank < count else MPI.UNDEFINED, rank)
-    return None if sub == MPI.COMM_NULL else sub
 
 
 def one_way_seconds(comm, nbytes: int, repeats: int = 20) -> float:

@@ -8,6 +8,8 @@ import os
 import platform
 import sys
 
+from mpipipe.bench.optional import installed
+
 
 def cpu_model() -> str:
     try:
@@ -40,12 +42,10 @@ def library_versions() -> dict[str, str]:
 
         versions["mpi4py"] = mpi4py.__version__
         versions["mpi"] = MPI.Get_library_version().split(",")[0].strip("\x00 \n")
-    try:
+    if installed("torch"):
         import torch
 
         versions["torch"] = torch.__version__
-    except ImportError:
-        pass
     return versions
 
 

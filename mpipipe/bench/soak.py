@@ -2,16 +2,18 @@
 
     jobs/local/mpirun.sh -n 4 .venv/bin/python -m mpipipe.bench.soak [--steps 1000] [--first 100]
 
-Trains examples/gpt_tiny.toml's model with BitPipe on the CPU (any --set
-override applies on top), saving a checkpoint every --first steps (or
-checkpoint.every, when set), and after step --first and after the last step
-records on every rank, all ranks standing still between two barriers:
+Trains a tiny GPT (examples/gpt_tiny.toml's, written out in SOAK_SETTINGS)
+with BitPipe on the CPU (any --set override applies on top), saving a
+checkpoint every --first steps (or checkpoint.every, when set), and after step
+--first and after the last step records on every rank, all ranks standing
+still between two barriers:
 
 - resident memory (VmRSS of /proc/self/status), after a garbage collection;
 - open file descriptors (/proc/self/fd);
-- MPI requests still pending: the engine's unfinished sends and posted
-  receives, every live mpi4py Request object that is not yet completed, and
-  any message that arrived but was never received (Iprobe).
+- MPI requests still pending: the engine's unfinished sends, posted receives
+  and gradient syncs (`Engine.pending_requests`), every live mpi4py Request
+  object that is not yet completed, and any message that arrived but was
+  never received (Iprobe).
 
 Prints a table and exits 1 when the memory at the last step is not within
 --tolerance of the first mark, a descriptor was leaked, or anything is
@@ -28,8 +30,16 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "gpt_tiny.toml")
-SOAK_SETTINGS = ["parallel.schedule=bitpipe", "runtime.device=cpu", "runtime.trace=false"]
+SOAK_SETTINGS = [
+    "model.kind=gpt", "model.vocab_size=256", "model.seq_len=64", "model.n_layer=8",
+    "model.n_head=4", "model.d_model=64",
+    "data.source=stdlib", "data.microbatch_size=4",
+    "optim.name=adamw", "optim.lr=3e-3", "optim.warmup_steps=20", "optim.weight_decay=0.01",
+    "optim.grad_clip=1.0",
+    "train.seed=1234",
+    "parallel.pipeline=0", "parallel.schedule=bitpipe", "parallel.microbatches=8",
+    "runtime.device=cpu", "runtime.dtype=float32", "runtime.trace=false",
+]
 
 
 @dataclass
@@ -43,11 +53,12 @@ class Probe:
     posted_receives: int
     live_requests: int  # mpi4py Request objects not yet completed
     unreceived_messages: int  # messages waiting to be matched by a receive
+    pending_syncs: int
 
     @property
     def pending(self) -> int:
-        return (self.pending_sends + self.posted_receives + self.live_requests
-                + self.unreceived_messages)
+        return (self.pending_sends + self.posted_receives + self.pending_syncs
+                + self.live_requests + self.unreceived_messages)
 
 
 def resident_kib() -> int:
@@ -76,17 +87,18 @@ def unreceived_messages(comm) -> int:
 def probe(trainer) -> Probe:
     """Measure this rank between steps (call it on every rank at once)."""
     gc.collect()
-    engine = trainer.engine
     # Every rank has finished the step before any looks, and looks before any starts the next.
     trainer.comm.Barrier()
+    requests = trainer.engine.pending_requests()
     measured = Probe(
         step=trainer.step,
         rss_kib=resident_kib(),
         open_files=len(os.listdir("/proc/self/fd")),
-        pending_sends=len(engine.messenger.sends),
-        posted_receives=len(getattr(engine, "_posted", {})),
+        pending_sends=requests.sends,
+        posted_receives=requests.receives,
         live_requests=live_mpi_requests(),
         unreceived_messages=unreceived_messages(trainer.comm),
+        pending_syncs=requests.syncs,
     )
     trainer.comm.Barrier()
     return measured
@@ -136,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=0.05,
                         help="allowed change of resident memory between marks (default 0.05)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="config override on top of examples/gpt_tiny.toml (repeatable)")
+                        help="config override on top of SOAK_SETTINGS (repeatable)")
     parser.add_argument("--out", default=None,
                         help="run folder (default: a temporary folder, removed at the end)")
     args = parser.parse_args(argv)
@@ -168,7 +180,7 @@ def _setup(comm, args):
 
     overrides = [*SOAK_SETTINGS, f"train.steps={args.steps}", f"checkpoint.every={args.first}",
                  *args.set]
-    config = load_config(os.path.normpath(EXAMPLE), overrides)
+    config = load_config(None, overrides)
     backend = select_backend(config.runtime.device, config.runtime.dtype)
     return config, backend, plan_run(config, comm.Get_size(), comm.Get_rank())
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import statistics
 
-from mpipipe.bench.cpu_pipeline import CpuPipelineSettings, PipelineResult, torch_ratios
+from mpipipe.bench.cpu_pipeline import PipelineResult, torch_ratios
+from mpipipe.bench.cpu_settings import CpuPipelineSettings
 from mpipipe.bench.emulated import (
     BITPIPE_RIVALS,
     PAPER_RATIOS,

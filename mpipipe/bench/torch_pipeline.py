@@ -21,7 +21,7 @@ from torch.distributed.pipelining import (
     ScheduleZBVZeroBubble,
 )
 
-from mpipipe.bench.cpu_pipeline import CpuPipelineSettings, StepRunner
+from mpipipe.bench.cpu_settings import CpuPipelineSettings, StepRunner
 from mpipipe.bench.torch_gpt import loss_fn, stage_module
 
 # mpipipe's schedule name -> PyTorch's schedule class.

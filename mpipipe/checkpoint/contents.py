@@ -67,17 +67,20 @@ def plan_entries(
 def optimizer_slices(store: ParamStore, optimizer) -> dict[ParamKey, dict[str, object]]:
     """Each parameter's optimizer state arrays, as views shaped like the parameter.
 
-    The optimizer's groups are those of `trainer.optimizer_groups`, one per span of each
-    bucket (`Bucket.spans`), in the same order.
+    The optimizer has one group per span of each bucket (`Bucket.spans`), keyed by the span.
     """
-    spans = [(bucket, start, end) for bucket in store.buckets for start, end, _ in bucket.spans()]
+    state_of_span = {
+        group.key: state for group, state in zip(optimizer.groups, optimizer.state, strict=True)
+    }
     slices: dict[ParamKey, dict[str, object]] = {}
-    for (bucket, start, end), state in zip(spans, optimizer.state, strict=True):
-        for key in bucket.keys:
-            offset, shape = bucket.offsets[key] - start, bucket.shapes[key]
-            if 0 <= offset < end - start:
-                slices[key] = {
-                    name: array[offset : offset + prod(shape)].reshape(shape)
-                    for name, array in state.items()
-                }
+    for bucket in store.buckets:
+        for span in bucket.spans():
+            state = state_of_span[span]
+            for key in bucket.keys:
+                offset, shape = bucket.offsets[key] - span.start, bucket.shapes[key]
+                if 0 <= offset < span.end - span.start:
+                    slices[key] = {
+                        name: array[offset : offset + prod(shape)].reshape(shape)
+                        for name, array in state.items()
+                    }
     return slices

@@ -37,7 +37,7 @@ from mpipipe.checkpoint.layout import CHECKSUM_ATTRIBUTE, OPTIM_GROUP, checksum,
 from mpipipe.config.schema import AUTO_YES_NO
 from mpipipe.errors import UsageError
 from mpipipe.plan import RunPlan
-from mpipipe.runtime.faults import FaultInjector
+from mpipipe.runtime.faults import NO_FAULTS, FaultHooks
 from mpipipe.runtime.params import ParamStore
 
 FALLBACK_WARNING = (
@@ -90,12 +90,11 @@ def use_parallel_hdf5(choice: str) -> bool:
 
 
 def save_checkpoint(
-    state: RunState, path: str, *, parallel: bool, faults: FaultInjector | None = None
+    state: RunState, path: str, *, parallel: bool, faults: FaultHooks = NO_FAULTS
 ) -> SavedCheckpoint:
     """Write `path` (collective: every rank of state.comm calls it with the same arguments)."""
     comm = state.comm
     started = time.perf_counter()
-    faults = faults or FaultInjector(comm.Get_rank(), text="")
     dtype = file_dtype(state.store.backend.dtype)
     held_by_rank = comm.allgather(sorted(state.store.params))
     shapes = state.store.layout.shapes

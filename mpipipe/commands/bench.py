@@ -45,8 +45,8 @@ def register(subparsers) -> None:
                         help="all: the parts to run (default emulated,cpu,layers,gpu); README.md "
                         "joins every part found in --out")
     parser.add_argument("--mpiexec", default=None, metavar="COMMAND",
-                        help="all: launcher for the MPI parts (default jobs/local/mpirun.sh in a "
-                        "checkout, else mpiexec)")
+                        help="all: launcher command for the MPI parts, used as given (default: "
+                        "$MPIEXEC or mpiexec from PATH, with --oversubscribe under Open MPI)")
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="all: seconds each launched part may take")
     parser.set_defaults(func=run)

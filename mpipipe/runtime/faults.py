@@ -1,4 +1,4 @@
-"""Test-only fault injection, switched on by an environment variable.
+"""Fault injection for the failure tests, switched on by an environment variable.
 
     MPIPIPE_FAULT="KIND,rank=R,step=S"
 
@@ -11,8 +11,9 @@ makes world rank R misbehave during step S (0-based):
 - nan:       poison a gradient with NaN in the middle of the step
 - pause-in-save: stop forever inside the checkpoint save of that step
 
-With the variable unset nothing here runs; it exists so the failure paths
-(abort, watchdog, recovery) are exercised by real runs in the tests.
+It exists so the failure paths (abort, watchdog, recovery) are exercised by
+real runs in the tests. With the variable unset, `faults_from_environment`
+gives `NO_FAULTS`, whose hooks do nothing and parse nothing.
 """
 
 from __future__ import annotations
@@ -54,22 +55,45 @@ class Fault:
             raise UsageError(message) from error
 
 
-class FaultInjector:
-    def __init__(self, rank: int, text: str | None = None):
-        text = os.environ.get(ENVIRONMENT_VARIABLE) if text is None else text
-        self.fault = Fault.parse(text) if text else None
+class FaultHooks:
+    """The points where the runtime lets a fault in; this base class lets none in."""
+
+    def in_middle_of_step(self, step: int, store) -> None:
+        """Called once per step, half-way through this rank's ops."""
+
+    def withhold_send(self, step: int) -> bool:
+        """True when the message about to be sent is to be dropped."""
+        return False
+
+    def pause_point(self, place: str, step: int) -> None:
+        """A named point where a `pause-in-<place>` fault stops this rank for good."""
+
+
+NO_FAULTS = FaultHooks()
+
+
+def faults_from_environment(rank: int) -> FaultHooks:
+    """The fault MPIPIPE_FAULT names for world rank `rank`, or NO_FAULTS when it is unset."""
+    text = os.environ.get(ENVIRONMENT_VARIABLE)
+    if not text:
+        return NO_FAULTS
+    fault = Fault.parse(text)  # on every rank, so a bad value stops every rank alike
+    return FaultInjector(fault, rank) if fault.rank == rank else NO_FAULTS
+
+
+class FaultInjector(FaultHooks):
+    """Makes `fault` happen when this rank (`rank`) reaches its step."""
+
+    def __init__(self, fault: Fault, rank: int):
+        self.fault = fault
         self.rank = rank
         self.withheld = False
 
     def _armed(self, kind: str, step: int) -> bool:
         fault = self.fault
-        return fault is not None and fault.kind == kind and (fault.rank, fault.step) == (
-            self.rank,
-            step,
-        )
+        return fault.kind == kind and (fault.rank, fault.step) == (self.rank, step)
 
     def in_middle_of_step(self, step: int, store) -> None:
-        """Called once per step, half-way through this rank's ops."""
         if self._armed("raise", step):
             raise InjectedFault(f"injected fault on rank {self.rank} at step {step}")
         if self._armed("kill", step):
@@ -80,14 +104,13 @@ class FaultInjector:
             store.buckets[0].grad[0] = float("nan")
 
     def withhold_send(self, step: int) -> bool:
-        """True once: the first message of the step is to be dropped."""
+        """True once: the first message of the armed step is dropped."""
         if self._armed("withhold", step) and not self.withheld:
             self.withheld = True
             return True
         return False
 
     def pause_point(self, place: str, step: int) -> None:
-        """A named point where a `pause-in-<place>` fault stops this rank for good."""
         if self._armed(f"pause-in-{place}", step):
             _sleep_forever()
 

@@ -31,6 +31,16 @@ def weight_decay_applies(shape: tuple[int, ...]) -> bool:
     return len(shape) >= 2
 
 
+@dataclass(frozen=True)
+class Span:
+    """Elements [start, end) of bucket `bucket` (its index), all decayed or all not."""
+
+    bucket: int
+    start: int
+    end: int
+    decayed: bool
+
+
 @dataclass
 class Bucket:
     index: int  # position in the global bucket order (`ParamLayout.bucket_plan`)
@@ -42,17 +52,16 @@ class Bucket:
     world_members: list[int]  # every world rank holding a copy
     param: object = None
     grad: object = None
-    comm: object = None  # communicator of world_members; None when alone
 
     @property
     def size(self) -> int:
         return sum(prod(shape) for shape in self.shapes.values())
 
-    def spans(self) -> list[tuple[int, int, bool]]:
-        """The non-empty (start, end, decayed) element ranges: the decayed matrices first."""
+    def spans(self) -> list[Span]:
+        """The non-empty decayed and undecayed element ranges: the decayed matrices first."""
         split = self.decay_size
         ranges = ((0, split, True), (split, self.size, False))
-        return [(start, end, decayed) for start, end, decayed in ranges if start < end]
+        return [Span(self.index, *bounds) for bounds in ranges if bounds[0] < bounds[1]]
 
     def view(self, flat, key: ParamKey):
         start = self.offsets[key]
@@ -166,10 +175,6 @@ class ParamStore:
     def host_params(self) -> dict[ParamKey, np.ndarray]:
         """Host copies of every parameter this rank holds, by logical name."""
         return {key: self.backend.to_host(value).copy() for key, value in self.params.items()}
-
-    def load_host_params(self, values: dict[ParamKey, np.ndarray]) -> None:
-        for key, target in self.params.items():
-            target[...] = self.backend.asarray(values[key])
 
 
 def _new_bucket(index, stages, keys, shapes, members) -> Bucket:

@@ -1,11 +1,43 @@
-"""One stage's layers, run forward and backward on one micro-batch."""
+"""One stage's compute: what the engine asks of a stage, and the stage of real layers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
 from mpipipe.layers.base import MicroBatch
 
+if TYPE_CHECKING:
+    from mpipipe.runtime.params import ParamStore
 
-class StageCompute:
+
+@runtime_checkable
+class StageCompute(Protocol):
+    """One stage run on one micro-batch, in arrays of the backend's module.
+
+    `forward` returns the stage's output (on the last stage, its share of the loss as a
+    0-d array) and what its backward needs. `backward` adds the stage's weight gradients
+    to the store's buffers and returns the gradient of its input. Zero-bubble schedules
+    split it in two: `backward_input` returns the input gradient and what
+    `backward_weight` later needs to add the weight gradients; together they equal
+    `backward`.
+    """
+
+    def forward(self, x, ctx: MicroBatch) -> tuple[Any, Any]: ...
+
+    def backward(self, dy, cache) -> Any: ...
+
+    def backward_input(self, dy, cache) -> tuple[Any, Any]: ...
+
+    def backward_weight(self, weight_cache) -> None: ...
+
+
+# Builds the compute of one stage from its index, its (global) layer indices and the
+# rank's parameter store (where the stage's parameter and gradient views come from).
+StageFactory = Callable[[int, range, "ParamStore"], StageCompute]
+
+
+class LayerStage:
     """The consecutive layers of one stage with this rank's parameter views."""
 
     def __init__(self, layers: list, layer_indices: range, store):

@@ -14,9 +14,9 @@ import pytest
 from mpi4py import MPI
 
 from mpipipe.backend import select_backend
-from mpipipe.bench.mpi_tools import first_ranks
 from mpipipe.checkpoint.contents import assign_writers, holders_of
 from mpipipe.plan import plan_run
+from mpipipe.runtime.mpi_helpers import first_ranks
 from mpipipe.trainer import Trainer
 
 from tiny_runs import relative_difference, tiny_config

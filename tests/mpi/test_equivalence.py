@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpipipe.bench.mpi_tools import first_ranks
+from mpipipe.runtime.mpi_helpers import first_ranks
 from mpipipe.schedules import SCHEDULE_KINDS
 
 from tiny_runs import (

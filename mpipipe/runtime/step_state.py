@@ -1,0 +1,44 @@
+"""Everything one step of the engine holds, made fresh for every step and dropped after it.
+
+A chunk is one (pipe, stage, micro-batch): its forward cache waits for its
+backward (or I half), the I half's result waits for the W half, and the
+receive buffers its ops took wait until the chunk's backward is done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mpipipe.comm import PendingReceive
+from mpipipe.layers.base import MicroBatch
+from mpipipe.schedules.lowering import Transfer
+
+ChunkKey = tuple[int, int, int]  # (pipe, stage, micro-batch)
+
+
+@dataclass
+class StepState:
+    step: int
+    contexts: dict[int, MicroBatch] = field(default_factory=dict)  # by micro-batch
+    caches: dict[ChunkKey, object] = field(default_factory=dict)  # forward, awaiting backward
+    weight_caches: dict[ChunkKey, object] = field(default_factory=dict)  # I half, awaiting W
+    held_buffers: dict[ChunkKey, list] = field(default_factory=dict)  # receive buffers in use
+    handovers: dict[Transfer, object] = field(default_factory=dict)  # between stages of a rank
+    posted: dict[int, PendingReceive] = field(default_factory=dict)  # by the op position needing it
+    next_receive: int = 0  # index of the next receive of the engine's plan to post
+    losses: list = field(default_factory=list)  # the last stage's loss shares
+    compute_s: float = 0.0
+    wait_s: float = 0.0
+    first_start: float | None = None  # of the first op computed
+    last_end: float | None = None  # of the last op computed
+    peak: int = 0  # most caches (forward and I half) held at once
+
+    def keep_cache(self, key: ChunkKey, cache) -> None:
+        self.caches[key] = cache
+        self.peak = max(self.peak, len(self.caches) + len(self.weight_caches))
+
+    def computed(self, start: float, end: float) -> None:
+        """An op computed from `start` to `end`."""
+        self.compute_s += end - start
+        self.first_start = start if self.first_start is None else self.first_start
+        self.last_end = end

@@ -1,0 +1,73 @@
+"""What one step reports: each rank's row of numbers, and their sum over ranks.
+
+After its last op every rank contributes one row (its loss share, squared
+gradient norm of the buckets it owns, timings, peak, whether it was asked to
+stop); a single allgather of the rows gives every rank the same `StepStats`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+_LOSS, _SQUARED_NORM, _FIRST_START, _LAST_END, _COMPUTE, _WAIT, _PEAK, _STOP = range(8)
+COLUMNS = 8
+
+
+def stats_row(
+    *, loss: float, squared_norm: float, first_start: float, last_end: float, compute_s: float,
+    wait_s: float, peak: int, stop_asked: bool,
+) -> np.ndarray:
+    """One rank's contribution to the step's statistics."""
+    row = np.zeros(COLUMNS)
+    row[_LOSS] = loss
+    row[_SQUARED_NORM] = squared_norm
+    row[_FIRST_START] = first_start
+    row[_LAST_END] = last_end
+    row[_COMPUTE] = compute_s
+    row[_WAIT] = wait_s
+    row[_PEAK] = peak
+    row[_STOP] = float(stop_asked)
+    return row
+
+
+@dataclass
+class StepStats:
+    """The outcome of one forward-backward step, identical on every rank."""
+
+    loss: float  # mean over the global batch
+    grad_norm: float  # global L2 norm of the gradient, before clipping
+    window_s: float  # first op start to last op end, over all ranks
+    compute_s: list[float]  # per rank: time inside F, B, I, W ops
+    wait_s: list[float]  # per rank: time blocked on messages and syncs
+    peak_activations: list[int]  # per rank: most micro-batch caches held at once
+    stop_asked_on_some_rank: bool = False  # some rank was asked to stop during the step
+
+    @classmethod
+    def from_rows(cls, table: np.ndarray) -> StepStats:
+        """Combine every rank's `stats_row` (one row per rank)."""
+        squared_norms = table[:, _SQUARED_NORM]
+        return cls(
+            loss=float(table[:, _LOSS].sum()),
+            grad_norm=math.sqrt(max(0.0, float(squared_norms.sum())))
+            if np.isfinite(squared_norms).all()
+            else math.nan,
+            window_s=float(table[:, _LAST_END].max() - table[:, _FIRST_START].min()),
+            compute_s=table[:, _COMPUTE].tolist(),
+            wait_s=table[:, _WAIT].tolist(),
+            peak_activations=[int(value) for value in table[:, _PEAK]],
+            stop_asked_on_some_rank=bool(table[:, _STOP].any()),
+        )
+
+    @property
+    def bubble(self) -> list[float]:
+        """Per rank: the fraction of the step window it spent not computing."""
+        if self.window_s <= 0:
+            return [0.0 for _ in self.compute_s]
+        return [max(0.0, 1.0 - busy / self.window_s) for busy in self.compute_s]
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
