@@ -20,10 +20,9 @@ from math import prod
 import numpy as np
 
 from mpipipe.backend import Backend
+from mpipipe.layers.base import ParamKey
 from mpipipe.runtime.grid import ProcessGrid
 from mpipipe.schedules.schedule import Placement
-
-ParamKey = tuple[int, str]  # (global layer index, parameter name)
 
 
 def weight_decay_applies(shape: tuple[int, ...]) -> bool:
