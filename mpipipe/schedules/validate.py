@@ -99,27 +99,26 @@ def _missing_problems(
                                 OpType.BACKWARD_WEIGHT)
             )
             halves = [op for op in (first_half, second_half) if op in seen]
-            if whole in seen and halves:
-                problems.append((seen[halves[0]], f"{whole} and {halves[0]} both run: a backward "
-                                                  "is one B, or one I and one W"))
-                continue
-            if whole in seen:
+            either = any_split and any_whole and whole not in seen and not halves
+            if whole in seen or either:
                 needed = [forward]
-            elif halves or (any_split and not any_whole):
+            elif halves or any_split:
                 needed = [forward, first_half, second_half]
-            elif not any_split:
+            else:
                 needed = [forward, whole]
-            else:  # a schedule mixing B with I and W: either would do here
-                needed = [forward]
-                problems.append((None, f"the backward of micro-batch {microbatch} at "
-                                       f"{chunk_name(whole)} ({whole}, or {first_half} and "
-                                       f"{second_half}) is missing from "
-                                       f"{_holder(schedule, whole)}"))
             problems += [
                 (None, f"{op} ({_describe(op)}) is missing from {_holder(schedule, op)}")
                 for op in needed
                 if op not in seen
             ]
+            if whole in seen and halves:
+                problems.append((seen[halves[0]], f"{whole} and {halves[0]} both run: a backward "
+                                                  "is one B, or one I and one W"))
+            if either:  # a schedule mixing B with I and W: either would do here
+                problems.append((None, f"the backward of micro-batch {microbatch} at "
+                                       f"{chunk_name(whole)} ({whole}, or {first_half} and "
+                                       f"{second_half}) is missing from "
+                                       f"{_holder(schedule, whole)}"))
     return problems
 
 
