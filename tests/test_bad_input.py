@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from mpipipe.checkpoint.folder import checkpoint_name
+from mpipipe.schedules import SCHEDULE_KINDS
 
 from mpirun import EVERY_RANK_EXITS_ITSELF, REPO, job_processes, mpipipe_args, run_ranks
 
@@ -140,8 +141,7 @@ CASES = [
     Case("missing-config-file", lambda folder, checkpoint: ["examples/no_such.toml"],
          "config file 'examples/no_such.toml' does not exist"),
     Case("misspelt-schedule", tiny("--set", "parallel.schedule=bitpip"),
-         "is not one of gpipe, 1f1b, interleaved, chimera, bitpipe, zb-h1, zb-v "
-         "(did you mean 'bitpipe'?)"),
+         f"is not one of {', '.join(SCHEDULE_KINDS)} (did you mean 'bitpipe'?)"),
     Case("below-minimum", tiny("--set", "train.steps=0"),
          "train.steps = 0 is below the minimum 1 (use 1 or more)"),
     Case("negative-learning-rate", tiny("--set", "optim.lr=-0.1"),

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from mpipipe.bench.driver import BenchOptions, part_command
-from mpipipe.bench.emulated import EmulatedResult, bitpipe_ratios
+from mpipipe.bench.emulated import EmulatedResult, EmulatedSettings, bitpipe_ratios
 from mpipipe.bench.emulated_device import emulated_accelerator
 from mpipipe.bench.emulated_model import emulated_model, emulated_stage_factory, stage_costs
 from mpipipe.bench.launcher import PROGRAM_VARIABLE, find_launcher
 from mpipipe.bench.report import markdown_table
-from mpipipe.schedules import build_schedule, partition_layers
+from mpipipe.schedules import SCHEDULE_KINDS, build_schedule, partition_layers
 from mpipipe.schedules.simulate import OpCosts, simulate
 
 from mpirun import REPO, mpipipe_args, run_ranks
@@ -112,6 +112,16 @@ def test_bitpipe_ratio_is_throughput_over_each_rival():
     assert ratio.rival == "1f1b"
     assert ratio.measured == pytest.approx((tokens / 2.0) / (tokens / 3.0))
     assert ratio.simulated == pytest.approx(1.5 / 1.0)
+
+
+def test_emulated_cases_are_the_ones_each_schedule_can_run():
+    cases = EmulatedSettings(ranks=[4], microbatch_multiples=[1, 2], f0_ms=[1.0]).cases(4)
+    kinds_at = {microbatches: {kind for n, kind, _ in cases if n == microbatches}
+                for microbatches in (4, 8)}
+    assert kinds_at[8] == set(SCHEDULE_KINDS)
+    assert kinds_at[4] == set(SCHEDULE_KINDS) - {"dualpipev"}  # it needs N >= 2D
+    for microbatches, kind, _ in cases:
+        build_schedule(kind, 4, microbatches)
 
 
 def test_markdown_table_has_a_row_per_entry_and_equal_columns():

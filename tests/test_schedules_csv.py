@@ -66,12 +66,31 @@ def test_missing_backward_is_named():
     "text,words",
     [
         ("0F0,0B0,0F0\n", ["0F0 runs twice"]),
-        ("0F0,0B0\n1F0,1B0,0B0\n", ["stage 0 of the down pipe has ops on ranks 0 and 1"]),
-        ("0F0,0X0\n", ["line 1", "cannot read op '0X0'"]),
+        ("0F0,0B0\n1F0,1B0,0B0\n", ["line 2 cell 3",
+                                    "stage 0 of the down pipe has ops on ranks 0 and 1"]),
+        ("0UNSHARD,0RESHARD\n", ["no ops found"]),
         ("# mpipipe schedule kind=1f1b ranks=3\n0F0,0B0\n", ["ranks=3", "rows give 1"]),
         ("rank 0,0F0,0B0\n0F1,0B1\n", ["label every row"]),
         ("", ["no ops found"]),
-        ("0F0,0B0\n1F0,1I0,1W0\n", ["0B0 on rank 0", "backwards are I and W ops"]),
+        ("0F0,0B0,0I0,0W0\n", ["0B0 and 0I0 both run", "one B, or one I and one W",
+                                "0I0 on rank 0 is at line 1 cell 3"]),
+        ("0F0,0I0\n", ["0W0 (weight-gradient backward of micro-batch 0 at stage 0 of the down "
+                      "pipe) is missing from rank 0"]),
+        (
+            "0F0,0F1,0B0\n1F0,1F1,1I0,1W0,1B1\n",
+            ["the backward of micro-batch 1 at stage 0 of the down pipe (0B1, or 0I1 and 0W1) "
+             "is missing from rank 0"],
+        ),
+        ("0F0,0X0\n", ["line 1 cell 2", "cannot read op '0X0'", "PyTorch's"]),
+        ("rank 0, 0F0, 0B0, 0F0\n", ["0F0 runs twice", "0F0 on rank 0 is at line 1 cell 4"]),
+        (
+            "0F0,0F1,0B0,0B1\n1F0,1B0,1B1,1F1\n",
+            ["rank 1 is stuck at step 2, 1B1", "1B1 on rank 1 is at line 2 cell 3"],
+        ),
+        (
+            "0F0,0F1,0B0,0B1,0SYNC\n1F0,1B0,1F1,1B1\n",
+            ["rank 1 never starts the gradient sync of stage 1"],
+        ),
         (
             "0F0,0SYNC,0B0\n1F0,1B0,1SYNC\n",
             ["0SYNC on rank 0 comes before that chunk's last backward 0B0"],
@@ -85,6 +104,23 @@ def test_bad_csv_is_rejected_in_one_line(text, words):
     assert "\n" not in message
     for word in words:
         assert word in message
+
+
+def test_mixed_backwards_load():
+    schedule = from_csv("0F0,0F1,0B0,0I1,0W1\n1F0,1I0,1W0,1F1,1B1\n")
+    assert [str(op) for op in schedule.ops[0]] == ["0F0", "0F1", "0B0", "0I1", "0W1", "0SYNC"]
+    assert [str(op) for op in schedule.ops[1]] == ["1F0", "1I0", "1W0", "1F1", "1B1", "1SYNC"]
+
+
+def test_microbatches_are_what_most_stages_run():
+    # A stray micro-batch number on one stage is named, not taken for the count.
+    with pytest.raises(ScheduleError) as caught:
+        from_csv("0F0,0F1,0B0,0B1\n1F0,1B0,1F9,1B1\n", source="mine.csv")
+    message = str(caught.value)
+    assert message.startswith("mine.csv: ")
+    assert "1F9 on rank 1: micro-batch 9 is outside 0..1" in message
+    assert "1F1 (forward of micro-batch 1 at stage 1 of the down pipe) is missing" in message
+    assert "1F9 on rank 1 is at line 2 cell 3" in message
 
 
 def test_validator_marks_the_cell():

@@ -15,6 +15,12 @@ from mpipipe.schedules import (
 from mpipipe.schedules.ops import Op, OpType
 
 SIZES = [(ranks, ranks * factor) for ranks in (2, 4, 8, 16) for factor in (1, 2, 4)]
+AT_LEAST_TWO_PER_RANK = [(ranks, ranks * factor) for ranks in (2, 4, 8, 16) for factor in (2, 3, 4)]
+CASES = [
+    (kind, ranks, microbatches)
+    for kind in SCHEDULE_KINDS
+    for ranks, microbatches in (AT_LEAST_TWO_PER_RANK if kind == "dualpipev" else SIZES)
+]
 
 
 def expected_placement(kind: str, ranks: int, chunks: int) -> dict[tuple[int, int], int]:
@@ -26,7 +32,7 @@ def expected_placement(kind: str, ranks: int, chunks: int) -> dict[tuple[int, in
     if kind == "chimera":
         down = {(0, stage): stage for stage in range(ranks)}
         return down | {(1, stage): ranks - 1 - stage for stage in range(ranks)}
-    if kind == "zb-v":
+    if kind in ("zb-v", "dualpipev"):
         first = {(0, rank): rank for rank in range(ranks)}
         return first | {(0, 2 * ranks - 1 - rank): rank for rank in range(ranks)}
     placement = {}
@@ -42,19 +48,27 @@ def check_complete(schedule) -> None:
     assert schedule.placement.rank_of_chunk == placement
     stages = 1 + max(stage for _, stage in placement)
     pipes = 1 + max(pipe for pipe, _ in placement)
-    split = schedule.kind in ("zb-h1", "zb-v")
-    backward_types = [OpType.BACKWARD_INPUT, OpType.BACKWARD_WEIGHT] if split else [OpType.BACKWARD]
+    # A backward is one B, or an I and a W; DualPipeV uses both kinds, on one stage even.
+    if schedule.kind == "dualpipev":
+        backward_kinds = [{OpType.BACKWARD}, {OpType.BACKWARD_INPUT, OpType.BACKWARD_WEIGHT}]
+    elif schedule.kind in ("zb-h1", "zb-v"):
+        backward_kinds = [{OpType.BACKWARD_INPUT, OpType.BACKWARD_WEIGHT}]
+    else:
+        backward_kinds = [{OpType.BACKWARD}]
     counts = Counter(op for rank_ops in schedule.ops for op in rank_ops)
     assert all(count == 1 for count in counts.values())
     # Micro-batches split evenly between the pipes, D/2 of each unit of D per pipe.
     pipe_of = {m: (m % ranks) * pipes // ranks for m in range(microbatches)}
-    expected = {
-        Op(op_type, stage, m, pipe_of[m])
-        for m in range(microbatches)
-        for stage in range(stages)
-        for op_type in [OpType.FORWARD, *backward_types]
+    types: dict[tuple[int, int, int], set] = {
+        (pipe_of[m], stage, m): set() for m in range(microbatches) for stage in range(stages)
     }
-    assert {op for op in counts if op.type is not OpType.SYNC} == expected
+    for op in counts:
+        if op.type is not OpType.SYNC:
+            types[(op.pipe, op.stage, op.microbatch)].add(op.type)
+    for key, present in types.items():
+        assert OpType.FORWARD in present, key
+        assert present - {OpType.FORWARD} in backward_kinds, (key, present)
+    finishing = (OpType.BACKWARD, OpType.BACKWARD_WEIGHT)
     for rank, rank_ops in enumerate(schedule.ops):
         for op in rank_ops:
             assert placement[op.chunk] == rank, f"{op} on rank {rank}"
@@ -65,13 +79,12 @@ def check_complete(schedule) -> None:
             last = max(
                 i
                 for i, op in enumerate(rank_ops)
-                if op.chunk == sync.chunk and op.type in backward_types
+                if op.chunk == sync.chunk and op.type in finishing
             )
             assert index == last + 1, f"{sync} on rank {rank} not right after {rank_ops[last]}"
 
 
-@pytest.mark.parametrize("kind", SCHEDULE_KINDS)
-@pytest.mark.parametrize("ranks,microbatches", SIZES)
+@pytest.mark.parametrize("kind,ranks,microbatches", CASES)
 def test_generator_is_complete_and_runs(kind, ranks, microbatches):
     schedule = build_schedule(kind, ranks, microbatches)
     assert schedule.stages == stage_count(kind, ranks)
@@ -104,9 +117,37 @@ def test_fewer_microbatches_than_ranks(kind):
     check_complete(build_schedule(kind, 4, 3 if kind != "zb-v" else 2))
 
 
+@pytest.mark.parametrize("ranks", [1, 3, 5])
+@pytest.mark.parametrize("extra", [0, 1])
+def test_dualpipev_needs_no_even_rank_count(ranks, extra):
+    check_complete(build_schedule("dualpipev", ranks, 2 * ranks + extra))
+
+
+@pytest.mark.parametrize("ranks,microbatches", [(1, 2), (2, 4), (4, 8), (4, 13), (8, 16)])
+def test_dualpipev_phases(ranks, microbatches):
+    """The phase counts of the DualPipe repository's dualpipev.py, checked from the outside."""
+    schedule = build_schedule("dualpipev", ranks, microbatches)
+    for rank, rank_ops in enumerate(schedule.ops):
+        down, up = rank, 2 * ranks - 1 - rank
+        rest = ranks - 1 - rank
+        # Phases 1 and 2: 2(D-1-r) forwards down, then r+1 pairs of forwards down and up.
+        start = [Op(OpType.FORWARD, down, m) for m in range(2 * rest)]
+        for m in range(rank + 1):
+            start += [Op(OpType.FORWARD, down, 2 * rest + m), Op(OpType.FORWARD, up, m)]
+        assert rank_ops[: len(start)] == start
+        # Phase 3 (D-1-r), phase 6 (r+1) and phase 7 (D-1-r) split their backwards.
+        splits = [op for op in rank_ops if op.type is OpType.BACKWARD_INPUT]
+        assert len(splits) == 2 * rest + rank + 1
+        # Phase 8: r+1 weight gradients close the step (then the two syncs).
+        compute = [op for op in rank_ops if op.type is not OpType.SYNC]
+        assert [op.type for op in compute[-(rank + 1):]] == [OpType.BACKWARD_WEIGHT] * (rank + 1)
+
+
 @pytest.mark.parametrize(
     "kind,ranks,microbatches,chunks,words",
     [
+        ("dualpipev", 4, 7, 2, ["parallel.microbatches", "at least twice the pipeline degree 4",
+                                "got 7", "use 8 or more"]),
         ("bitpipe", 3, 6, 2, ["parallel.pipeline", "even", "got 3", "2, 4, 6"]),
         ("chimera", 1, 4, 2, ["parallel.pipeline", "even", "got 1"]),
         ("zb-v", 5, 10, 2, ["parallel.pipeline", "even", "got 5"]),

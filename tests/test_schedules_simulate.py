@@ -4,6 +4,7 @@ import pytest
 
 from mpipipe.errors import UsageError
 from mpipipe.schedules import ScheduleError, build_schedule, simulate
+from mpipipe.schedules.csv_io import from_csv
 from mpipipe.schedules.ops import Op
 from mpipipe.schedules.simulate import OpCosts
 
@@ -70,6 +71,32 @@ def test_zero_bubble_schedules_beat_1f1b(ranks, microbatches):
     # ZB-H1 idles (D-1)(F+I-W) per rank (the paper); ZB-V only rank D-1's start-up (D-1)F.
     assert bubbles["zb-h1"] == pytest.approx([(ranks - 1) / (3 * microbatches + ranks - 1)] * ranks)
     assert bubbles["zb-v"] == pytest.approx([(ranks - 1) / (6 * microbatches + ranks - 1)] * ranks)
+
+
+def test_a_stage_may_mix_full_and_split_backwards():
+    # D=2, N=2, F=I=W=1, B=2. Stage 1 splits micro-batch 0's backward, not 1's; stage 0 the reverse.
+    schedule = from_csv("0F0,0F1,0B0,0I1,0W1\n1F0,1I0,1W0,1F1,1B1\n")
+    simulation = simulate(schedule, EQUAL_SPLIT)
+    starts = [{str(t.op): t.start for t in rank_ops} for rank_ops in simulation.timeline]
+    assert starts[1] == {"1F0": 1, "1I0": 2, "1W0": 3, "1F1": 4, "1B1": 5, "1SYNC": 7}
+    # 0B0 waits for 1I0 (ends at 3), 0I1 for 1B1 (ends at 7).
+    assert starts[0] == {"0F0": 0, "0F1": 1, "0B0": 3, "0I1": 7, "0W1": 8, "0SYNC": 9}
+    assert simulation.peak_activations == [2, 1]  # a B and a W both free a micro-batch
+
+
+@pytest.mark.parametrize("ranks", [2, 4, 8, 16])
+def test_dualpipev_idle_time_does_not_grow_with_microbatches(ranks):
+    """DualPipe's table: a bubble of (PP/2-1)(F&B+B-3W), the same for every N >= 2D."""
+    idle = []
+    for microbatches in (2 * ranks, 3 * ranks, 4 * ranks):
+        simulation = simulate(build_schedule("dualpipev", ranks, microbatches), EQUAL_SPLIT)
+        assert simulation.busy == [6 * microbatches] * ranks  # 2 chunks x (F + I + W) each
+        idle.append([simulation.makespan - busy for busy in simulation.busy])
+        # DualPipe's activation memory: PP + 1 chunk-micro-batches of L/(2D) layers.
+        assert max(simulation.peak_activations) == (2 * ranks + 1) / 2
+    # Every rank idles D-1 units. The table's 2(D-1) (F&B = F + B) holds when each pair
+    # runs as one unit; as two ops, a pair's forward need not wait for its backward's input.
+    assert idle == [[ranks - 1] * ranks] * 3
 
 
 @pytest.mark.parametrize("ranks", [2, 4, 8, 16])

@@ -24,9 +24,10 @@ from mpipipe.bench.emulated_model import (
 )
 from mpipipe.bench.mpi_tools import idle_barrier, one_way_seconds
 from mpipipe.config.schema import Config
+from mpipipe.errors import UsageError
 from mpipipe.plan import plan_run
 from mpipipe.runtime.mpi_helpers import first_ranks
-from mpipipe.schedules import SCHEDULE_KINDS, build_schedule
+from mpipipe.schedules import SCHEDULE_KINDS, build_schedule, check_constraints
 from mpipipe.schedules.simulate import OpCosts, simulate
 from mpipipe.trainer import Trainer
 
@@ -51,13 +52,23 @@ class EmulatedSettings:
         return self.microbatch_size * self.seq_len * self.d_model * np.dtype(np.float32).itemsize
 
     def cases(self, ranks: int) -> list[tuple[int, str, float]]:
-        """(N, schedule, f0 in seconds) of every case on `ranks` pipeline ranks."""
+        """(N, schedule, f0 in seconds) of every case on `ranks` pipeline ranks that the
+        schedule can run (dualpipev, for one, needs N >= 2D)."""
         return [
             (multiple * ranks, kind, f0_ms / 1e3)
             for f0_ms in self.f0_ms
             for multiple in self.microbatch_multiples
             for kind in self.schedules
+            if _runs(kind, ranks, multiple * ranks)
         ]
+
+
+def _runs(kind: str, ranks: int, microbatches: int) -> bool:
+    try:
+        check_constraints(kind, ranks, microbatches)
+    except UsageError:
+        return False
+    return True
 
 
 @dataclass

@@ -3,6 +3,7 @@
     mpipipe schedule bitpipe --ranks 4 --microbatches 8 --cost 1,2
     mpipipe schedule zb-v -D 8 -N 32 --cost 1,2,1 --format png --out zbv.png
     mpipipe schedule --from-csv mine.csv --format json
+    mpipipe schedule zb-v -D 4 -N 8 --format torch-csv --out zbv.csv  # for PyTorch's _load_csv
     mpipipe schedule all -D 8 -N 8 16 32 --cost 1,1          # bubble table of every kind
 """
 
@@ -20,8 +21,9 @@ from mpipipe.schedules.grid import ScheduleError
 from mpipipe.schedules.render import chrome_trace, timeline_text
 from mpipipe.schedules.schedule import Schedule
 from mpipipe.schedules.simulate import OpCosts, Simulation, simulate
+from mpipipe.schedules.torch_csv import to_torch_csv
 
-FORMATS = ("text", "json", "csv", "chrome", "png")
+FORMATS = ("text", "json", "csv", "torch-csv", "chrome", "png")
 ALL = "all"
 
 
@@ -37,7 +39,11 @@ def register(subparsers) -> None:
         "kind", nargs="?", metavar="KIND",
         help=f"one of {', '.join(SCHEDULE_KINDS)}, or '{ALL}' for a table comparing them",
     )
-    parser.add_argument("--from-csv", metavar="FILE", help="read the schedule from a CSV file")
+    parser.add_argument(
+        "--from-csv", metavar="FILE",
+        help="read the schedule from a CSV file: mpipipe's, or PyTorch's compute_only or "
+        "compute_comms file",
+    )
     parser.add_argument("-D", "--ranks", type=int, help="pipeline ranks D")
     parser.add_argument(
         "-N", "--microbatches", type=int, nargs="+",
@@ -54,7 +60,12 @@ def register(subparsers) -> None:
         "--same-model", action="store_true",
         help="scale compute costs by D/S (bitpipe, zb-v, interleaved have smaller stages)",
     )
-    parser.add_argument("--format", choices=FORMATS, default="text")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="text",
+        help="torch-csv: the compute_only file PyTorch's pipelining loads (_load_csv); "
+        "one-pipe schedules only, since PyTorch holds each stage on one rank (not chimera or "
+        "bitpipe); SYNCs are left out, PyTorch adds its own REDUCE_GRAD",
+    )
     parser.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     parser.set_defaults(func=run)
 
@@ -119,6 +130,8 @@ def _render(simulation: Simulation, output_format: str) -> str:
     schedule = simulation.schedule
     if output_format == "csv":
         return to_csv(schedule)
+    if output_format == "torch-csv":
+        return to_torch_csv(schedule)
     if output_format == "chrome":
         return json.dumps(chrome_trace(simulation)) + "\n"
     if output_format == "json":

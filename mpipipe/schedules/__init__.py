@@ -11,6 +11,7 @@ from __future__ import annotations
 from mpipipe.errors import UsageError, did_you_mean
 from mpipipe.schedules.bitpipe import bitpipe_schedule
 from mpipipe.schedules.chimera import chimera_schedule
+from mpipipe.schedules.dualpipev import dualpipev_schedule
 from mpipipe.schedules.gpipe import gpipe_schedule
 from mpipipe.schedules.grid import ScheduleError
 from mpipipe.schedules.interleaved import interleaved_schedule
@@ -53,11 +54,13 @@ _GENERATORS = {
     "bitpipe": bitpipe_schedule,
     "zb-h1": zb_h1_schedule,
     "zb-v": zb_v_schedule,
+    "dualpipev": dualpipev_schedule,
 }
 SCHEDULE_KINDS = tuple(_GENERATORS)
 
 _EVEN_RANKS = ("chimera", "bitpipe", "zb-v")
 _MICROBATCHES_PER_RANK = ("interleaved", "chimera", "bitpipe")  # N a multiple of D
+_TWO_MICROBATCHES_PER_RANK = ("dualpipev",)  # N >= 2D
 
 
 def stage_count(kind: str, ranks: int, chunks: int = 2) -> int:
@@ -65,7 +68,7 @@ def stage_count(kind: str, ranks: int, chunks: int = 2) -> int:
     _check_kind(kind)
     if kind == "interleaved":
         return chunks * ranks
-    if kind in ("bitpipe", "zb-v"):
+    if kind in ("bitpipe", "zb-v", "dualpipev"):
         return 2 * ranks
     return ranks
 
@@ -103,6 +106,11 @@ def check_constraints(kind: str, ranks: int, microbatches: int, chunks: int = 2)
         raise UsageError(
             f"parallel.microbatches: {kind} needs a multiple of the pipeline degree {ranks}, "
             f"got {microbatches} (use {ranks}, {2 * ranks}, {3 * ranks}, ...)"
+        )
+    if kind in _TWO_MICROBATCHES_PER_RANK and microbatches < 2 * ranks:
+        raise UsageError(
+            f"parallel.microbatches: {kind} needs at least twice the pipeline degree {ranks}, "
+            f"got {microbatches} (use {2 * ranks} or more)"
         )
 
 

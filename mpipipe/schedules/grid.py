@@ -13,11 +13,15 @@ from mpipipe.schedules.ops import Op
 
 
 class ScheduleError(UsageError):
-    """A schedule that cannot run: wrong ops, wrong ranks, or a deadlock."""
+    """A schedule that cannot run: wrong ops, wrong ranks, or a deadlock.
 
-    def __init__(self, message: str, report: str = ""):
+    `cells` are the (rank, step) positions the message is about, in its order.
+    """
+
+    def __init__(self, message: str, report: str = "", cells: tuple[tuple[int, int], ...] = ()):
         super().__init__(message)
         self.report = report
+        self.cells = cells
 
 
 def step_grid(ops: list[list[Op]], marks: dict[tuple[int, int], str] | None = None) -> str:

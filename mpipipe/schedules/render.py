@@ -60,10 +60,10 @@ def _summary_lines(simulation: Simulation) -> list[str]:
 
     costs = simulation.costs
     schedule = simulation.schedule
-    backward = (
-        f"I={costs.backward_input:g} W={costs.backward_weight:g}"
-        if schedule.split_backward
-        else f"B={costs.backward:g}"
+    types = {op.type for rank_ops in schedule.ops for op in rank_ops}
+    backward = " ".join(
+        [f"B={costs.backward:g}"] * (OpType.BACKWARD in types)
+        + [f"I={costs.backward_input:g} W={costs.backward_weight:g}"] * schedule.split_backward
     )
     lines = [
         f"{schedule.kind}: D={schedule.ranks} N={schedule.microbatches} S={schedule.stages} "

@@ -62,7 +62,7 @@ class Schedule:
 
     @property
     def split_backward(self) -> bool:
-        """True when backwards are split into I and W ops (zero-bubble schedules)."""
+        """True when some backwards are split into I and W ops (zero bubble, DualPipeV)."""
         return any(op.type is OpType.BACKWARD_INPUT for rank_ops in self.ops for op in rank_ops)
 
     def pipe_of_microbatch(self) -> dict[int, int]:

@@ -7,6 +7,9 @@ rank). An op waits for:
     F(p, s, m)   F(p, s-1, m)                    (nothing at s = 0)
     B/I(p, s, m) F(p, s, m), and B/I(p, s+1, m)  (only its own F at s = S-1: the loss)
     W(p, s, m)   I(p, s, m)
+
+where B/I(p, s+1, m) is whichever of the two the schedule runs there: one
+stage may use B on some micro-batches and I and W on others (DualPipeV).
     SYNC(p, s)   nothing (it follows the chunk's backwards in list order and costs 0)
 
 If some rank can never run its next op, the schedule deadlocks and
@@ -16,6 +19,7 @@ waits for, with the step x rank grid marked where they stopped.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, replace
 
 from mpipipe.errors import UsageError
@@ -94,14 +98,22 @@ class TimedOp:
     end: float
 
 
-def dependencies(op: Op, stages: int, split_backward: bool) -> list[Op]:
-    """The ops whose results `op` needs (see the module docstring)."""
+def dependencies(
+    op: Op, stages: int, split_backward: bool | Container[tuple[int, int, int]]
+) -> list[Op]:
+    """The ops whose results `op` needs (see the module docstring).
+
+    `split_backward` says whether backwards are I and W ops: for the whole
+    schedule (a bool), or as the (pipe, stage, microbatch) whose backward is split.
+    """
     if op.type is OpType.FORWARD:
         return [] if op.stage == 0 else [Op(OpType.FORWARD, op.stage - 1, op.microbatch, op.pipe)]
     if op.type in (OpType.BACKWARD, OpType.BACKWARD_INPUT):
         needs = [Op(OpType.FORWARD, op.stage, op.microbatch, op.pipe)]
         if op.stage < stages - 1:
-            downstream = OpType.BACKWARD_INPUT if split_backward else OpType.BACKWARD
+            below = (op.pipe, op.stage + 1, op.microbatch)
+            split = split_backward if isinstance(split_backward, bool) else below in split_backward
+            downstream = OpType.BACKWARD_INPUT if split else OpType.BACKWARD
             needs.append(Op(downstream, op.stage + 1, op.microbatch, op.pipe))
         return needs
     if op.type is OpType.BACKWARD_WEIGHT:
@@ -139,13 +151,13 @@ class Simulation:
         B (or W) ends; each counts D/S so that stages of different sizes compare.
         """
         weight = self.schedule.ranks / self.schedule.stages
-        releasing = OpType.BACKWARD_WEIGHT if self.schedule.split_backward else OpType.BACKWARD
+        releasing = (OpType.BACKWARD, OpType.BACKWARD_WEIGHT)
         peaks = []
         for rank_ops in self.timeline:
             # Sort releases before acquisitions at the same instant.
             events = sorted(
                 [(timed.start, 1) for timed in rank_ops if timed.op.type is OpType.FORWARD]
-                + [(timed.end, -1) for timed in rank_ops if timed.op.type is releasing]
+                + [(timed.end, -1) for timed in rank_ops if timed.op.type in releasing]
             )
             level = peak = 0
             for _, change in events:
@@ -180,7 +192,12 @@ def simulate(
     costs = costs or OpCosts()
     if scale_by_stage_size:
         costs = costs.scaled(schedule.ranks / schedule.stages)
-    split = schedule.split_backward
+    split = {
+        (op.pipe, op.stage, op.microbatch)
+        for rank_ops in schedule.ops
+        for op in rank_ops
+        if op.type is OpType.BACKWARD_INPUT
+    }
     timeline: list[list[TimedOp]] = [[] for _ in schedule.ops]
     finished: dict[Op, tuple[float, int]] = {}  # op -> (end, rank)
     waiting: dict[Op, list[int]] = {}  # op -> ranks blocked on it
@@ -227,4 +244,4 @@ def _deadlock(
             f"it waits for {awaited} ({holder})"
         )
     message = f"{schedule.kind} schedule deadlocks: " + "; ".join(notes.values())
-    return ScheduleError(message, step_grid(schedule.ops, notes))
+    return ScheduleError(message, step_grid(schedule.ops, notes), tuple(notes))

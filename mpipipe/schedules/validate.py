@@ -1,10 +1,11 @@
 """Check that a schedule is complete, well placed and free of deadlock.
 
 A valid schedule runs, for every micro-batch m on its pipe p and every
-stage s, exactly one F(p, s, m) and either one B or one I and one W (never
-both kinds in one schedule), each on the rank that holds (p, s); and, on
-every rank, exactly one SYNC per chunk it holds, after that chunk's last B
-or W. Then a dry run must finish (`simulate` reports deadlocks).
+stage s, exactly one F(p, s, m) and either one B or one I and one W, each
+on the rank that holds (p, s); a stage may run B for some micro-batches and
+I and W for others. On every rank it runs exactly one SYNC per chunk it
+holds, after that chunk's last backward. Then a dry run must finish
+(`simulate` reports deadlocks).
 """
 
 from __future__ import annotations
@@ -33,17 +34,12 @@ def check_ops(schedule: Schedule) -> None:
             f"{schedule.kind} schedule has op lists for {len(schedule.ops)} ranks, "
             f"but {schedule.ranks} pipeline ranks"
         )
-    placement = schedule.placement
-    split = schedule.split_backward
-    backward_types = (
-        (OpType.BACKWARD_INPUT, OpType.BACKWARD_WEIGHT) if split else (OpType.BACKWARD,)
-    )
     pipe_of = _pipe_of_microbatch(schedule)
     problems: list[tuple[tuple[int, int] | None, str]] = []  # (cell, what is wrong)
     seen: dict[Op, tuple[int, int]] = {}
     for rank, rank_ops in enumerate(schedule.ops):
         for step, op in enumerate(rank_ops):
-            problem = _op_problem(schedule, rank, op, backward_types, pipe_of)
+            problem = _op_problem(schedule, rank, op, pipe_of)
             if problem:
                 problems.append(((rank, step), problem))
             if op in seen:
@@ -53,33 +49,21 @@ def check_ops(schedule: Schedule) -> None:
                                    f"rank {rank} step {step})")
                 )
             seen.setdefault(op, (rank, step))
-    for microbatch in range(schedule.microbatches):
-        pipe = pipe_of.get(microbatch, 0)
-        for stage in range(schedule.stages):
-            for op_type in (OpType.FORWARD, *backward_types):
-                op = Op(op_type, stage, microbatch, pipe)
-                if op not in seen:
-                    holder = placement.rank_of_chunk.get(op.chunk)
-                    where = f"rank {holder}" if holder is not None else "no rank holds that stage"
-                    problems.append((None, f"{op} ({_describe(op)}) is missing from {where}"))
-    problems += _sync_problems(schedule, backward_types)
+    problems += _missing_problems(schedule, seen, pipe_of)
+    problems += _sync_problems(schedule)
     if problems:
         shown = "; ".join(text for _, text in problems[:_SHOWN_PROBLEMS])
         more = len(problems) - _SHOWN_PROBLEMS
         suffix = f" (and {more} more problems)" if more > 0 else ""
         marks = {cell: text for cell, text in problems if cell is not None}
         raise ScheduleError(
-            f"{schedule.kind} schedule is invalid: {shown}{suffix}", step_grid(schedule.ops, marks)
+            f"{schedule.kind} schedule is invalid: {shown}{suffix}",
+            step_grid(schedule.ops, marks),
+            tuple(marks),
         )
 
 
-def _op_problem(
-    schedule: Schedule,
-    rank: int,
-    op: Op,
-    backward_types: tuple[OpType, ...],
-    pipe_of: dict[int, int],
-) -> str | None:
+def _op_problem(schedule: Schedule, rank: int, op: Op, pipe_of: dict[int, int]) -> str | None:
     """What is wrong with `op` where it stands on `rank`, if anything."""
     owner = schedule.placement.rank_of_chunk.get(op.chunk)
     if owner is None:
@@ -88,9 +72,6 @@ def _op_problem(
         return f"{op} runs on rank {rank}, but {chunk_name(op)} is on rank {owner}"
     if op.type is OpType.SYNC:
         return None
-    if op.type is not OpType.FORWARD and op.type not in backward_types:
-        kinds = "I and W" if OpType.BACKWARD_INPUT in backward_types else "B"
-        return f"{op} on rank {rank}: this schedule's backwards are {kinds} ops"
     if not 0 <= op.microbatch < schedule.microbatches:
         return (
             f"{op} on rank {rank}: micro-batch {op.microbatch} is outside "
@@ -102,7 +83,52 @@ def _op_problem(
     return None
 
 
-def _sync_problems(schedule: Schedule, backward_types: tuple[OpType, ...]) -> list:
+def _missing_problems(
+    schedule: Schedule, seen: dict[Op, tuple[int, int]], pipe_of: dict[int, int]
+) -> list:
+    """Each (pipe, stage, micro-batch) needs its F and one B, or one I and one W, not both."""
+    any_split = any(op.type is OpType.BACKWARD_INPUT for op in seen)
+    any_whole = any(op.type is OpType.BACKWARD for op in seen)
+    problems = []
+    for microbatch in range(schedule.microbatches):
+        pipe = pipe_of.get(microbatch, 0)
+        for stage in range(schedule.stages):
+            forward, whole, first_half, second_half = (
+                Op(op_type, stage, microbatch, pipe)
+                for op_type in (OpType.FORWARD, OpType.BACKWARD, OpType.BACKWARD_INPUT,
+                                OpType.BACKWARD_WEIGHT)
+            )
+            halves = [op for op in (first_half, second_half) if op in seen]
+            either = any_split and any_whole and whole not in seen and not halves
+            if whole in seen or either:
+                needed = [forward]
+            elif halves or any_split:
+                needed = [forward, first_half, second_half]
+            else:
+                needed = [forward, whole]
+            problems += [
+                (None, f"{op} ({_describe(op)}) is missing from {_holder(schedule, op)}")
+                for op in needed
+                if op not in seen
+            ]
+            if whole in seen and halves:
+                problems.append((seen[halves[0]], f"{whole} and {halves[0]} both run: a backward "
+                                                  "is one B, or one I and one W"))
+            if either:  # a schedule mixing B with I and W: either would do here
+                problems.append((None, f"the backward of micro-batch {microbatch} at "
+                                       f"{chunk_name(whole)} ({whole}, or {first_half} and "
+                                       f"{second_half}) is missing from "
+                                       f"{_holder(schedule, whole)}"))
+    return problems
+
+
+def _holder(schedule: Schedule, op: Op) -> str:
+    holder = schedule.placement.rank_of_chunk.get(op.chunk)
+    return f"rank {holder}" if holder is not None else "no rank holds that stage"
+
+
+def _sync_problems(schedule: Schedule) -> list:
+    backward_types = (OpType.BACKWARD, OpType.BACKWARD_INPUT, OpType.BACKWARD_WEIGHT)
     problems = []
     for rank, rank_ops in enumerate(schedule.ops):
         for pipe, stage in schedule.placement.chunks_on(rank):
