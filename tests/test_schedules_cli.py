@@ -8,7 +8,7 @@ import pytest
 
 from mpipipe.commands import schedule as schedule_command
 from mpipipe.errors import UsageError
-from mpipipe.schedules import build_schedule, simulate
+from mpipipe.schedules import SCHEDULE_KINDS, build_schedule, simulate
 from mpipipe.schedules.csv_io import from_csv
 from mpipipe.schedules.simulate import OpCosts
 
@@ -98,7 +98,7 @@ def test_all_prints_a_bubble_table(capsys):
     table = {line.split()[0]: line.split()[1:] for line in out[2:] if line and line[0] != "s"}
     assert float(table["1f1b"][0]) == pytest.approx(3 / 7, abs=1e-4)
     assert float(table["chimera"][1]) == pytest.approx(2 / 18, abs=1e-4)
-    assert len(table) == 7
+    assert len(table) == len(SCHEDULE_KINDS)
 
 
 @pytest.mark.parametrize(

@@ -29,8 +29,8 @@ from mpipipe.schedules.validate import validate
 
 _COMMENT = "# mpipipe schedule"
 _RANK_LABEL = re.compile(r"^(?:rank\s*|r)?(\d+)$", re.IGNORECASE)
-_OPTION_KEYS = ("chunks",)  # generator options kept in Schedule.options
-_INTEGER_OPTIONS = ("ranks", "microbatches", *_OPTION_KEYS)
+_OPTION_KEYS = ("chunks", "costs", "memory_cap")  # generator options kept in Schedule.options
+_INTEGER_OPTIONS = ("ranks", "microbatches", "chunks")
 
 
 def to_csv(schedule: Schedule) -> str:
@@ -80,7 +80,8 @@ def from_csv(text: str, source: str = "schedule CSV") -> Schedule:
             )
     if not any(op.type is OpType.SYNC for rank_ops in ops for op in rank_ops):
         ops = [with_eager_syncs(rank_ops) for rank_ops in ops]
-    options = {key: int(value) for key, value in header.items() if key in _OPTION_KEYS}
+    options = {key: _option(key, value, source) for key, value in header.items()
+               if key in _OPTION_KEYS}
     return validate(
         Schedule(
             kind=header.get("kind", "custom"),
@@ -105,6 +106,19 @@ def _read_comment(text: str, source: str, line_number: int) -> dict[str, str]:
             )
         fields[key] = value
     return fields
+
+
+def _option(key: str, value: str, source: str) -> int | float | str:
+    """An option as the generators keep it: chunks a whole number, the memory cap a number,
+    the planning costs their text (OpCosts.to_text)."""
+    if key == "chunks":
+        return int(value)
+    if key == "memory_cap":
+        try:
+            return float(value)
+        except ValueError:
+            raise UsageError(f"{source}: memory_cap must be a number, got {value!r}") from None
+    return value
 
 
 def _order_rows(rows: list[tuple[int, int | None, list[Op]]], source: str) -> list[list[Op]]:

@@ -1,0 +1,119 @@
+"""Run one search: the hint, the model, the solver, and the order it found as a Schedule."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from mpipipe.errors import UsageError
+from mpipipe.schedules.building import make_schedule
+from mpipipe.schedules.candidates import cap_in_chunks
+from mpipipe.schedules.layouts import layout_of
+from mpipipe.schedules.planning import replay
+from mpipipe.schedules.schedule import Schedule
+from mpipipe.schedules.search.hint import hint_order
+from mpipipe.schedules.search.timescale import time_scale
+from mpipipe.schedules.simulate import OpCosts, simulate
+from mpipipe.schedules.validate import validate
+
+MISSING = "mpipipe schedule search needs OR-Tools: pip install mpipipe[search]"
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    schedule: Schedule  # the best order found, validated
+    makespan: float  # its simulated makespan at the costs
+    bound: float  # the solver's proven lower bound on any order's makespan
+    optimal: bool
+    hint_label: str  # which planner's order the solver started from
+    hint_makespan: float
+    memory_cap: float  # micro-batches of L/D layers per rank
+    exact_time: bool  # False where durations were rounded to the solver's time step
+    wall_s: float
+
+    @property
+    def gap(self) -> float:
+        """(best - bound) / best: how far the best found may be from the optimum."""
+        return (self.makespan - self.bound) / self.makespan if self.makespan else 0.0
+
+
+def default_memory_cap(placement: str, ranks: int, microbatches: int, chunks: int = 2) -> float:
+    """The peak of the kind the placement is named after (micro-batches of L/D layers on its
+    busiest rank); D where that kind does not build this size."""
+    from mpipipe.schedules import build_schedule
+
+    try:
+        schedule = build_schedule(placement, ranks, microbatches, chunks)
+    except UsageError:
+        return float(ranks)
+    return max(simulate(schedule).peak_activations)
+
+
+def search(
+    placement: str,
+    ranks: int,
+    microbatches: int,
+    costs: OpCosts,
+    split_backward: bool,
+    memory_cap: float | None = None,
+    time_limit: float = 10.0,
+    workers: int = 2,
+    chunks: int = 2,
+) -> SearchResult:
+    """The best order of `placement`'s ops CP-SAT finds within `time_limit` seconds."""
+    if importlib.util.find_spec("ortools") is None:
+        raise UsageError(MISSING)
+    from ortools.sat.python import cp_model
+
+    from mpipipe.schedules.search.model import build_model
+
+    layout = layout_of(placement, ranks, microbatches, split_backward, chunks)
+    costs.check_stages(layout.stages)
+    if memory_cap is None:
+        memory_cap = default_memory_cap(placement, ranks, microbatches, chunks)
+    cap = cap_in_chunks(layout, memory_cap)
+    hint = hint_order(placement, layout, costs, cap, chunks)
+    graph = layout.graph
+    durations = graph.durations(costs)
+    scale = time_scale([*durations, costs.latency])
+    ticks = [scale.ticks(duration) for duration in durations]
+    latency = scale.ticks(costs.latency)
+    index = {op: number for number, op in enumerate(graph.ops)}
+    hint_order_numbers = [[index[op] for op in rank_ops] for rank_ops in hint.ops]
+    hint_starts = replay(graph, hint_order_numbers, ticks, latency)
+    horizon = max(start + tick for start, tick in zip(hint_starts, ticks, strict=True))
+    built = build_model(graph, ticks, latency, cap, hint_starts, horizon)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = float(time_limit)
+    solver.parameters.num_workers = workers
+    solver.parameters.random_seed = 0
+    status = solver.solve(built.model)
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        found = [solver.value(start) for start in built.starts]
+        bound_ticks = max(solver.best_objective_bound, built.static_bound)
+    else:
+        found, bound_ticks = hint_starts, built.static_bound
+    ends = [start + tick for start, tick in zip(found, ticks, strict=True)]
+    rank_ops = [[] for _ in range(ranks)]
+    position = {op: place for place, op in enumerate(graph.topological_order)}
+    for number in sorted(range(len(graph.ops)), key=lambda op: (found[op], ends[op], position[op])):
+        rank_ops[graph.rank[number]].append(graph.ops[number])
+    options = {"costs": costs.to_text(), "memory_cap": memory_cap}
+    if placement == "interleaved":
+        options = {"chunks": chunks, **options}
+    schedule = validate(
+        make_schedule(f"search-{placement}", ranks, microbatches, layout.rank_of_chunk, rank_ops,
+                      options)
+    )
+    makespan = simulate(schedule, costs).makespan
+    return SearchResult(
+        schedule=schedule,
+        makespan=makespan,
+        bound=min(scale.time(bound_ticks), makespan),
+        optimal=status == cp_model.OPTIMAL and scale.exact,
+        hint_label=hint.label,
+        hint_makespan=hint.makespan,
+        memory_cap=memory_cap,
+        exact_time=scale.exact,
+        wall_s=solver.wall_time,
+    )
