@@ -207,6 +207,9 @@ def list_schedule(
             chosen = pop(best)[1]
         start = free_at[rank] if free_at[rank] > ready_at[chosen] else ready_at[chosen]
         held_up = held_up or now > start
+        finish = now + durations[chosen]
+        end[chosen] = finish
+        free_at[rank] = finish
         if is_forward[chosen]:
             in_flight[rank] += 1
             if reserve:
@@ -221,9 +224,6 @@ def list_schedule(
                 for other in entry_ranks:
                     if startable[other][0] and waking[other] is None:
                         wake(other, max(free_at[other], now))
-        finish = now + durations[chosen]
-        end[chosen] = finish
-        free_at[rank] = finish
         order[rank].append(chosen)
         scheduled += 1
         for dependent in dependents[chosen]:

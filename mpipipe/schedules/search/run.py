@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 
 from mpipipe.errors import UsageError
 from mpipipe.schedules.building import make_schedule
 from mpipipe.schedules.candidates import cap_in_chunks
 from mpipipe.schedules.layouts import layout_of
+from mpipipe.schedules.ops import Op
 from mpipipe.schedules.planning import replay
 from mpipipe.schedules.schedule import Schedule
 from mpipipe.schedules.search.hint import hint_order
@@ -61,9 +61,10 @@ def search(
     chunks: int = 2,
 ) -> SearchResult:
     """The best order of `placement`'s ops CP-SAT finds within `time_limit` seconds."""
-    if importlib.util.find_spec("ortools") is None:
-        raise UsageError(MISSING)
-    from ortools.sat.python import cp_model
+    try:
+        from ortools.sat.python import cp_model
+    except ImportError:
+        raise UsageError(MISSING) from None
 
     from mpipipe.schedules.search.model import build_model
 
@@ -93,27 +94,41 @@ def search(
         bound_ticks = max(solver.best_objective_bound, built.static_bound)
     else:
         found, bound_ticks = hint_starts, built.static_bound
-    ends = [start + tick for start, tick in zip(found, ticks, strict=True)]
-    rank_ops = [[] for _ in range(ranks)]
-    position = {op: place for place, op in enumerate(graph.topological_order)}
-    for number in sorted(range(len(graph.ops)), key=lambda op: (found[op], ends[op], position[op])):
-        rank_ops[graph.rank[number]].append(graph.ops[number])
     options = {"costs": costs.to_text(), "memory_cap": memory_cap}
     if placement == "interleaved":
         options = {"chunks": chunks, **options}
-    schedule = validate(
-        make_schedule(f"search-{placement}", ranks, microbatches, layout.rank_of_chunk, rank_ops,
-                      options)
-    )
+    schedule = _schedule(f"search-{placement}", layout, _order_by_start(graph, found, ticks),
+                         options)
     makespan = simulate(schedule, costs).makespan
+    if makespan > hint.makespan:  # only where durations were rounded for the solver
+        schedule = _schedule(f"search-{placement}", layout, hint.ops, options)
+        makespan = simulate(schedule, costs).makespan
+    bound = min(scale.time(bound_ticks), makespan)
     return SearchResult(
         schedule=schedule,
         makespan=makespan,
-        bound=min(scale.time(bound_ticks), makespan),
-        optimal=status == cp_model.OPTIMAL and scale.exact,
+        bound=bound,
+        optimal=scale.exact and bound == makespan,
         hint_label=hint.label,
         hint_makespan=hint.makespan,
         memory_cap=memory_cap,
         exact_time=scale.exact,
         wall_s=solver.wall_time,
+    )
+
+
+def _order_by_start(graph, starts: list[int], ticks: list[int]) -> list[list[Op]]:
+    """Each rank's ops by start (zero-length ops before what starts when they end)."""
+    position = {op: place for place, op in enumerate(graph.topological_order)}
+    key = {op: (starts[op], starts[op] + ticks[op], position[op]) for op in range(len(graph.ops))}
+    ops: list[list[Op]] = [[] for _ in range(graph.ranks)]
+    for number in sorted(range(len(graph.ops)), key=key.__getitem__):
+        ops[graph.rank[number]].append(graph.ops[number])
+    return ops
+
+
+def _schedule(kind: str, layout, ops: list[list[Op]], options: dict) -> Schedule:
+    return validate(
+        make_schedule(kind, layout.ranks, len(layout.pipe_of_microbatch), layout.rank_of_chunk,
+                      ops, options)
     )
