@@ -14,7 +14,7 @@ from mpipipe.schedules import (
     stage_count,
 )
 from mpipipe.schedules.building import make_schedule
-from mpipipe.schedules.candidates import _MEMORY_RULES, _RULES, _soft_caps
+from mpipipe.schedules.candidates import _MEMORY_RULES, _RULES, _soft_caps, _Timing
 from mpipipe.schedules.layouts import layout_of
 from mpipipe.schedules.planning import list_schedule
 from mpipipe.schedules.simulate import OpCosts
@@ -39,8 +39,9 @@ def test_every_list_schedule_times_its_order_as_the_simulator(placement, split, 
     graph = layout.graph
     cap = layout.stages
     durations = graph.durations(costs)
-    for rule in _RULES.values():
-        keys = [rule(op, op.microbatch, layout) for op in graph.ops]
+    timing = _Timing.of(layout, costs)
+    for _, rule, _ in _RULES:
+        keys = [rule(op, op.microbatch, timing) for op in graph.ops]
         for _, reserve, paced in _MEMORY_RULES:
             for soft_cap in _soft_caps(cap):
                 planned = list_schedule(graph, durations, latency, keys, cap, reserve, soft_cap,
