@@ -245,6 +245,7 @@ def schedules_summary(points: list[TablePoint]) -> str:
     plain_missed = [point for point in long_plain
                     if point.makespans["bitpipe"] > 1.03 * point.whole.best]
     worst_gap = max(points, key=lambda point: point.split.gap)
+    worst_whole = max(points, key=lambda point: point.whole.gap)
     return (
         f"bitpipe-zb is the fastest schedule at {len(points) - len(beaten)} of {len(points)} "
         f"points and within 3% of the split search's best at {len(points) - len(missed)}; "
@@ -252,5 +253,7 @@ def schedules_summary(points: list[TablePoint]) -> str:
         f"{len(long_plain) - len(plain_missed)} of the {len(long_plain)} points with N > D. "
         f"Largest gap between the split search's best and its bound: "
         f"{fraction(worst_gap.split.gap)} (D={worst_gap.ranks}, N={worst_gap.microbatches}, "
-        f"F,B,W={worst_gap.profile})."
+        f"F,B,W={worst_gap.profile}); the whole-backward search's: "
+        f"{fraction(worst_whole.whole.gap)} (D={worst_whole.ranks}, "
+        f"N={worst_whole.microbatches}, F,B,W={worst_whole.profile})."
     )

@@ -19,8 +19,6 @@ from mpipipe.schedules.simulate import OpCosts
 
 DEFAULT_TIME_LIMIT_S = 10.0
 DEFAULT_WORKERS = 2
-_STAGES_KIND = {"bitpipe": "bitpipe", "zb-v": "zb-v", "1f1b": "1f1b",
-                "interleaved": "interleaved", "chimera": "chimera"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +68,8 @@ def run(args: argparse.Namespace, costs: OpCosts, ranks: int, microbatches: int)
             "itself goes to --out FILE as CSV"
         )
     if args.same_model:
-        costs = costs.scaled(ranks / stage_count(_STAGES_KIND[placement], ranks, args.chunks))
+        # Each placement is named after the kind it comes from.
+        costs = costs.scaled(ranks / stage_count(placement, ranks, args.chunks))
     result = search(
         placement, ranks, microbatches, costs, bool(args.split), args.cap, time_limit, workers,
         args.chunks,

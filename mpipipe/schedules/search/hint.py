@@ -9,6 +9,7 @@ the order they enter (the model's symmetry breaking expects that).
 from __future__ import annotations
 
 from mpipipe.errors import UsageError
+from mpipipe.schedules import plan
 from mpipipe.schedules.candidates import Candidate, plan_layout
 from mpipipe.schedules.ops import Op
 from mpipipe.schedules.planning import Layout
@@ -29,8 +30,6 @@ GENERATOR_OF = {
 def hint_order(
     placement: str, layout: Layout, costs: OpCosts, cap: int, chunks: int
 ) -> Candidate:
-    from mpipipe.schedules import plan
-
     fixed = []
     kind = GENERATOR_OF.get((placement, layout.split_backward))
     if kind is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mpipipe.errors import UsageError
+from mpipipe.schedules import build_schedule
 from mpipipe.schedules.building import make_schedule
 from mpipipe.schedules.candidates import cap_in_chunks
 from mpipipe.schedules.layouts import layout_of
@@ -40,8 +41,6 @@ class SearchResult:
 def default_memory_cap(placement: str, ranks: int, microbatches: int, chunks: int = 2) -> float:
     """The peak of the kind the placement is named after (micro-batches of L/D layers on its
     busiest rank); D where that kind does not build this size."""
-    from mpipipe.schedules import build_schedule
-
     try:
         schedule = build_schedule(placement, ranks, microbatches, chunks)
     except UsageError:
