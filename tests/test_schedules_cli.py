@@ -127,3 +127,55 @@ def test_text_slots_follow_the_smallest_time_step(capsys):
     out = capsys.readouterr().out
     assert "one slot = 0.5 time units" in out
     assert out.splitlines()[2].split()[:6] == ["r1", ".", ".", ".", "1F0", "="]
+
+
+def test_text_says_which_costs_the_order_was_planned_for(capsys):
+    run("zb-v", "-D", "4", "-N", "8", "--cost", "1,2,0.5", "--latency", "0.25")
+    out = capsys.readouterr().out
+    assert ("order planned for costs per stage F=1 I=1.5 W=0.5 latency=0.25, at most 4 "
+            "micro-batches of L/D layers per rank") in out
+    makespan = float(out.split("makespan")[1].split()[0])
+    costs = OpCosts(1, 2, backward_weight=0.5, latency=0.25)
+    assert makespan < simulate(build_schedule("zb-v", 4, 8), costs).makespan
+    run("1f1b", "-D", "4", "-N", "8", "--cost", "1,2,0.5")
+    assert "order planned for any costs (it does not depend on them)" in capsys.readouterr().out
+
+
+def test_same_model_plans_for_the_scaled_costs(tmp_path):
+    out = tmp_path / "s.json"
+    run("bitpipe-zb", "-D", "4", "-N", "6", "--cost", "1,2,1", "--same-model", "--cap", "3",
+        "--format", "json", "--out", str(out))
+    record = json.loads(out.read_text())
+    assert record["options"] == {"costs": OpCosts(0.5, 1.0).to_text(), "memory_cap": 3.0}
+    assert max(record["peak_activations"]) <= 3
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["zb-v", "-D", "4", "-N", "8", "--cost", "nan,2"], ["--cost", "finite"]),
+        (["zb-v", "-D", "4", "-N", "8", "--cost", "1,inf"], ["--cost", "finite"]),
+        (["zb-v", "-D", "4", "-N", "8", "--cost", "0,0"], ["--cost", "F + B > 0"]),
+        (["zb-v", "-D", "4", "-N", "8", "--cost", "one,two"], ["--cost", "got 'one,two'"]),
+        (["zb-v", "-D", "4", "-N", "8", "--cap", "0.25"], ["--cap", "smallest cap is 1"]),
+        (["zb-v", "-D", "4", "-N", "8", "--placement", "bitpipe"], ["--placement", "search"]),
+        (["search", "-D", "4", "-N", "8", "--placement", "pipedream"],
+         ["--placement", "'pipedream'", "bitpipe, zb-v, 1f1b, interleaved, chimera"]),
+        (["search", "-D", "4", "-N", "8", "--time-limit", "0"], ["--time-limit", "positive"]),
+        (["search", "-D", "4", "-N", "8", "--format", "csv"], ["--format", "--out"]),
+    ],
+)
+def test_bad_planning_and_search_input(argv, words):
+    with pytest.raises(UsageError) as caught:
+        run(*argv)
+    message = str(caught.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_search_without_ortools_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ortools", None)
+    monkeypatch.setitem(sys.modules, "ortools.sat.python", None)
+    with pytest.raises(UsageError, match=r"needs OR-Tools: pip install mpipipe\[search\]"):
+        run("search", "--placement", "bitpipe", "--split", "-D", "2", "-N", "2")

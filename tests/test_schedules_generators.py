@@ -36,7 +36,7 @@ def expected_placement(kind: str, ranks: int, chunks: int) -> dict[tuple[int, in
         first = {(0, rank): rank for rank in range(ranks)}
         return first | {(0, 2 * ranks - 1 - rank): rank for rank in range(ranks)}
     placement = {}
-    for rank in range(ranks):  # bitpipe: mpipipe/DESIGN.md, "BitPipe, precisely"
+    for rank in range(ranks):  # bitpipe and bitpipe-zb: mpipipe/DESIGN.md, "BitPipe, precisely"
         placement |= {(0, rank): rank, (1, ranks - 1 - rank): rank}
         placement |= {(0, 2 * ranks - 1 - rank): rank, (1, ranks + rank): rank}
     return placement
@@ -51,14 +51,18 @@ def check_complete(schedule) -> None:
     # A backward is one B, or an I and a W; DualPipeV uses both kinds, on one stage even.
     if schedule.kind == "dualpipev":
         backward_kinds = [{OpType.BACKWARD}, {OpType.BACKWARD_INPUT, OpType.BACKWARD_WEIGHT}]
-    elif schedule.kind in ("zb-h1", "zb-v"):
+    elif schedule.kind in ("zb-h1", "zb-v", "bitpipe-zb"):
         backward_kinds = [{OpType.BACKWARD_INPUT, OpType.BACKWARD_WEIGHT}]
     else:
         backward_kinds = [{OpType.BACKWARD}]
     counts = Counter(op for rank_ops in schedule.ops for op in rank_ops)
     assert all(count == 1 for count in counts.values())
-    # Micro-batches split evenly between the pipes, D/2 of each unit of D per pipe.
-    pipe_of = {m: (m % ranks) * pipes // ranks for m in range(microbatches)}
+    # Micro-batches split evenly between the pipes, D/2 of each unit of D per pipe; a
+    # shorter last unit of u splits as ceil(u/2) down, the rest up.
+    pipe_of = {}
+    for m in range(microbatches):
+        unit = min(ranks, microbatches - m + m % ranks)
+        pipe_of[m] = 0 if pipes == 1 or m % ranks < (unit + 1) // 2 else 1
     types: dict[tuple[int, int, int], set] = {
         (pipe_of[m], stage, m): set() for m in range(microbatches) for stage in range(stages)
     }
@@ -90,6 +94,8 @@ def test_generator_is_complete_and_runs(kind, ranks, microbatches):
     assert schedule.stages == stage_count(kind, ranks)
     check_complete(schedule)
     simulation = simulate(schedule)
+    if kind == "bitpipe-zb":  # no more memory than plain BitPipe: D micro-batches of L/D layers
+        assert max(simulation.peak_activations) <= ranks
     busy_ops = sum(op.type is not OpType.SYNC for rank_ops in schedule.ops for op in rank_ops)
     assert sum(len(rank_ops) for rank_ops in simulation.timeline) == busy_ops + sum(
         len(schedule.placement.chunks_on(rank)) for rank in range(ranks)
@@ -112,7 +118,7 @@ def test_single_rank_holds_the_whole_model(kind, microbatches):
     assert simulate(schedule).bubble == [0.0]
 
 
-@pytest.mark.parametrize("kind", ["gpipe", "1f1b", "zb-h1", "zb-v"])
+@pytest.mark.parametrize("kind", ["gpipe", "1f1b", "zb-h1", "zb-v", "bitpipe-zb"])
 def test_fewer_microbatches_than_ranks(kind):
     check_complete(build_schedule(kind, 4, 3 if kind != "zb-v" else 2))
 
@@ -143,6 +149,13 @@ def test_dualpipev_phases(ranks, microbatches):
         assert [op.type for op in compute[-(rank + 1):]] == [OpType.BACKWARD_WEIGHT] * (rank + 1)
 
 
+@pytest.mark.parametrize("ranks,microbatches", [(2, 2), (2, 3), (4, 2), (4, 5), (4, 6), (8, 12)])
+def test_bitpipe_zb_needs_no_multiple_of_the_pipeline_degree(ranks, microbatches):
+    schedule = build_schedule("bitpipe-zb", ranks, microbatches)
+    check_complete(schedule)
+    assert max(simulate(schedule).peak_activations) <= ranks
+
+
 @pytest.mark.parametrize(
     "kind,ranks,microbatches,chunks,words",
     [
@@ -151,6 +164,8 @@ def test_dualpipev_phases(ranks, microbatches):
         ("bitpipe", 3, 6, 2, ["parallel.pipeline", "even", "got 3", "2, 4, 6"]),
         ("chimera", 1, 4, 2, ["parallel.pipeline", "even", "got 1"]),
         ("zb-v", 5, 10, 2, ["parallel.pipeline", "even", "got 5"]),
+        ("bitpipe-zb", 3, 6, 2, ["parallel.pipeline", "even", "got 3"]),
+        ("bitpipe-zb", 4, 1, 2, ["parallel.microbatches", "at least 2", "one per pipe", "got 1"]),
         ("bitpipe", 4, 6, 2, ["parallel.microbatches", "multiple of the pipeline degree 4", "got 6",
                               "4, 8, 12"]),
         ("chimera", 4, 2, 2, ["parallel.microbatches", "got 2"]),

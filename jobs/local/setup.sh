@@ -69,8 +69,8 @@ install_parallel_h5py() {
 }
 
 install_mpipipe() {
-    log "installing mpipipe (editable) with test and plot extras"
-    "$venv/bin/python" -m pip install -q -e "${repo_root}[test,plot,progress]"
+    log "installing mpipipe (editable) with the test, plot, progress and search extras"
+    "$venv/bin/python" -m pip install -q -e "${repo_root}[test,plot,progress,search]"
 }
 
 install_system_packages

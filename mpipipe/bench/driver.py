@@ -5,6 +5,8 @@
     cpu        under mpiexec, 2 ranks, 1 core each    cpu.md, cpu.json
     layers     one process                            layers.md, layers.json
     gpu        one process, skipped without a GPU     gpu.md, gpu.json
+    schedules  one process (OR-Tools), not in `all`   schedules.md, schedules.json
+               unless --parts names it: 48 searches of --time-limit seconds
     all        one process that launches the MPI parts with mpiexec, runs the
                others itself, then joins everything into README.md and bench.json
 """
@@ -25,6 +27,7 @@ from mpipipe.errors import EXIT_USAGE, UsageError
 from mpipipe.schedules import SCHEDULE_KINDS
 
 PARTS = ("emulated", "cpu", "layers", "gpu")
+EXTRA_PARTS = ("schedules",)  # run by `all` only when --parts names them
 MPI_PARTS = {"emulated", "cpu"}
 CPU_RANKS = 2
 # The exact command `mpipipe bench all` launched a part with, handed to the part.
@@ -44,6 +47,8 @@ class BenchOptions:
     timeout_s: float = 3600.0
     command: str | None = None  # how the part was started, for the tables; None: from sys.argv
     parts: list[str] = field(default_factory=lambda: list(PARTS))  # what `all` runs
+    time_limit_s: float | None = None  # schedules: per search; None: 120 (quick: 2)
+    workers: int = 2  # schedules: solver threads per search
 
     def passthrough(self, part: str) -> list[str]:
         """The options `part` uses, as command-line arguments."""
@@ -58,13 +63,23 @@ class BenchOptions:
             ]
         if self.steps is not None and part in MPI_PARTS:
             arguments += ["--steps", str(self.steps)]
+        if part == "schedules":
+            arguments += [
+                "--ranks", ",".join(map(str, self.ranks)),
+                "--microbatch-multiples", ",".join(map(str, self.microbatch_multiples)),
+                "--workers", str(self.workers),
+            ]
+            if self.time_limit_s is not None:
+                arguments += ["--time-limit", f"{self.time_limit_s:g}"]
         return arguments + (["--quick"] if self.quick else [])
 
 
 def check_options(options: BenchOptions) -> None:
     for part in options.parts:
-        if part not in PARTS:
-            raise UsageError(f"--parts: unknown part {part!r} (choose from {', '.join(PARTS)})")
+        if part not in PARTS + EXTRA_PARTS:
+            raise UsageError(
+                f"--parts: unknown part {part!r} (choose from {', '.join(PARTS + EXTRA_PARTS)})"
+            )
     for kind in options.schedules:
         if kind not in SCHEDULE_KINDS:
             raise UsageError(
@@ -75,6 +90,11 @@ def check_options(options: BenchOptions) -> None:
                          ("--f0-ms", options.f0_ms)):
         if not values or min(values) <= 0:
             raise UsageError(f"{name}: expected positive numbers separated by commas, got {values}")
+    if options.time_limit_s is not None and not options.time_limit_s > 0:
+        raise UsageError(f"--time-limit: expected a positive number of seconds, got "
+                         f"{options.time_limit_s}")
+    if options.workers < 1:
+        raise UsageError(f"--workers: expected at least 1 solver thread, got {options.workers}")
     if options.steps is not None and options.steps < 1:
         raise UsageError(f"--steps: expected at least 1 timed step, got {options.steps}")
 
@@ -232,11 +252,34 @@ def run_gpu_part(options: BenchOptions) -> int:
     return 0
 
 
+def run_schedules_part(options: BenchOptions) -> int:
+    from mpipipe.bench.schedule_table import ScheduleTableSettings, run_schedule_table
+    from mpipipe.bench.tables import schedules_markdown
+
+    prepare_out_dir(options.out)
+    settings = ScheduleTableSettings(
+        ranks=options.ranks,
+        microbatch_multiples=options.microbatch_multiples,
+        workers=options.workers,
+    )
+    if options.quick:
+        settings.profiles = settings.profiles[:2]
+        settings.time_limit_s = 2.0
+    if options.time_limit_s is not None:
+        settings.time_limit_s = options.time_limit_s
+    header = _header(options, 1)
+    points = run_schedule_table(settings, report=_printer(True))
+    data = {**header, "settings": asdict(settings), "points": [p.to_json() for p in points]}
+    _finish("schedules", options.out, schedules_markdown(points, settings), data)
+    return 0
+
+
 RUNNERS = {
     "emulated": run_emulated_part,
     "cpu": run_cpu_part,
     "layers": run_layers_part,
     "gpu": run_gpu_part,
+    "schedules": run_schedules_part,
 }
 
 
@@ -293,7 +336,7 @@ def run_all(options: BenchOptions) -> int:
 
 def _join(out_dir: str) -> None:
     sections, combined = ["## Benchmarks", ""], {}
-    for part in PARTS:
+    for part in PARTS + EXTRA_PARTS:
         if not os.path.exists(os.path.join(out_dir, f"{part}.json")):
             continue
         with open(os.path.join(out_dir, f"{part}.json")) as handle:

@@ -24,10 +24,9 @@ from mpipipe.bench.emulated_model import (
 )
 from mpipipe.bench.mpi_tools import idle_barrier, one_way_seconds
 from mpipipe.config.schema import Config
-from mpipipe.errors import UsageError
 from mpipipe.plan import plan_run
 from mpipipe.runtime.mpi_helpers import first_ranks
-from mpipipe.schedules import SCHEDULE_KINDS, build_schedule, check_constraints
+from mpipipe.schedules import SCHEDULE_KINDS, build_schedule, can_run
 from mpipipe.schedules.simulate import OpCosts, simulate
 from mpipipe.trainer import Trainer
 
@@ -59,16 +58,9 @@ class EmulatedSettings:
             for f0_ms in self.f0_ms
             for multiple in self.microbatch_multiples
             for kind in self.schedules
-            if _runs(kind, ranks, multiple * ranks)
+            if can_run(kind, ranks, multiple * ranks)
         ]
 
-
-def _runs(kind: str, ranks: int, microbatches: int) -> bool:
-    try:
-        check_constraints(kind, ranks, microbatches)
-    except UsageError:
-        return False
-    return True
 
 
 @dataclass

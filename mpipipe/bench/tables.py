@@ -16,6 +16,8 @@ from mpipipe.bench.emulated import (
 from mpipipe.bench.gpu import FusedResult, GpuModelResult, GpuSettings
 from mpipipe.bench.layers import LayerResult, LayerSettings
 from mpipipe.bench.report import fraction, markdown_table, percent
+from mpipipe.bench.schedule_table import ScheduleTableSettings, TablePoint, fastest_rival
+from mpipipe.schedules import SCHEDULE_KINDS
 
 OVERHEAD_TARGET = 0.05
 TARGET_OP_S = 0.020  # the overhead target applies where ops last this long or longer
@@ -200,3 +202,60 @@ def gpu_markdown(skip_reason: str | None, device: str, settings: GpuSettings,
         ),
     ]
     return "\n".join(lines)
+
+
+def schedules_markdown(points: list[TablePoint], settings: ScheduleTableSettings) -> str:
+    kinds = [kind for kind in SCHEDULE_KINDS if any(kind in point.makespans for point in points)]
+    lines = [
+        "### Every schedule against the search's best order (simulated)",
+        "",
+        "Makespan of one step in units of one 1F1B stage's forward, every schedule planned "
+        "for the costs it is simulated with, on the same model (costs per op scaled by D/S), "
+        "no message latency. Search: `mpipipe schedule search --placement bitpipe` with "
+        f"(`--split`, for bitpipe-zb) and without (for bitpipe) the split, "
+        f"{settings.time_limit_s:g} s and {settings.workers} solver threads each, at most D "
+        "micro-batches of L/D layers per rank: its best order and the proven lower bound on "
+        "any order's makespan (= best where proven optimal). zb/best: bitpipe-zb's makespan "
+        "over the split search's best; bp/best the same for bitpipe.",
+        "",
+    ]
+    headers = ["D", "N", "F,B,W", *kinds, "split best", "split bound", "zb/best",
+               "whole best", "whole bound", "bp/best"]
+    rows = []
+    for point in points:
+        flagship = point.makespans["bitpipe-zb"]
+        rows.append([
+            str(point.ranks), str(point.microbatches), point.profile,
+            *(f"{point.makespans[kind]:g}" if kind in point.makespans else "—" for kind in kinds),
+            f"{point.split.best:g}", f"{point.split.bound:g}",
+            f"{flagship / point.split.best:.3f}",
+            f"{point.whole.best:g}", f"{point.whole.bound:g}",
+            f"{point.makespans['bitpipe'] / point.whole.best:.3f}",
+        ])
+    lines.append(markdown_table(headers, rows))
+    lines.append("")
+    lines.append(schedules_summary(points))
+    return "\n".join(lines)
+
+
+def schedules_summary(points: list[TablePoint]) -> str:
+    beaten = [point for point in points
+              if point.makespans["bitpipe-zb"] > fastest_rival(point)[1]]
+    missed = [point for point in points
+              if point.makespans["bitpipe-zb"] > 1.03 * point.split.best]
+    long_plain = [point for point in points if point.microbatches > point.ranks]
+    plain_missed = [point for point in long_plain
+                    if point.makespans["bitpipe"] > 1.03 * point.whole.best]
+    worst_gap = max(points, key=lambda point: point.split.gap)
+    worst_whole = max(points, key=lambda point: point.whole.gap)
+    return (
+        f"bitpipe-zb is the fastest schedule at {len(points) - len(beaten)} of {len(points)} "
+        f"points and within 3% of the split search's best at {len(points) - len(missed)}; "
+        f"plain bitpipe is within 3% of its own search's best at "
+        f"{len(long_plain) - len(plain_missed)} of the {len(long_plain)} points with N > D. "
+        f"Largest gap between the split search's best and its bound: "
+        f"{fraction(worst_gap.split.gap)} (D={worst_gap.ranks}, N={worst_gap.microbatches}, "
+        f"F,B,W={worst_gap.profile}); the whole-backward search's: "
+        f"{fraction(worst_whole.whole.gap)} (D={worst_whole.ranks}, "
+        f"N={worst_whole.microbatches}, F,B,W={worst_whole.profile})."
+    )

@@ -3,6 +3,7 @@
     mpipipe bench --out runs/bench                 # every CPU table, one command
     mpipipe bench all --quick --out /tmp/bench     # the same, small and fast
     mpiexec -n 8 python -m mpipipe bench emulated  # one part (emulated, cpu, layers, gpu)
+    mpipipe bench schedules --time-limit 120       # every schedule against CP-SAT (2 hours)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 from mpipipe.errors import EXIT_USAGE, UsageError
 
-PART_CHOICES = ("all", "emulated", "cpu", "layers", "gpu")
+PART_CHOICES = ("all", "emulated", "cpu", "layers", "gpu", "schedules")
 
 
 def register(subparsers) -> None:
@@ -33,17 +34,21 @@ def register(subparsers) -> None:
     parser.add_argument("--schedules", default=None, metavar="LIST",
                         help="comma-separated schedules (default: every schedule)")
     parser.add_argument("--ranks", default=None, metavar="LIST",
-                        help="emulated: pipeline degrees D (default 4,8; quick: 4)")
+                        help="emulated, schedules: pipeline degrees D (default 4,8; quick: 4)")
     parser.add_argument("--microbatch-multiples", default=None, metavar="LIST",
-                        help="emulated: N as multiples of D (default 1,2,4; quick: 1)")
+                        help="emulated, schedules: N as multiples of D (default 1,2,4; quick: 1)")
     parser.add_argument("--f0-ms", default=None, metavar="LIST",
                         help="emulated: forward time of one 1F1B stage in ms (default 20,40; "
                         "quick: 5)")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per case (default: each part's own)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                        help="schedules: seconds per search (default 120; quick: 2)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="schedules: solver threads per search (default 2)")
     parser.add_argument("--parts", default=None, metavar="LIST",
-                        help="all: the parts to run (default emulated,cpu,layers,gpu); README.md "
-                        "joins every part found in --out")
+                        help="all: the parts to run (default emulated,cpu,layers,gpu; "
+                        "schedules only when named); README.md joins every part found in --out")
     parser.add_argument("--mpiexec", default=None, metavar="COMMAND",
                         help="all: launcher command for the MPI parts, used as given (default: "
                         "$MPIEXEC or mpiexec from PATH, with --oversubscribe under Open MPI)")
@@ -82,6 +87,8 @@ def options_from(args):
         timeout_s=args.timeout,
         command=os.environ.get(COMMAND_VARIABLE),
         parts=parse_list(args.parts, "--parts", str.strip, list(PARTS)),
+        time_limit_s=args.time_limit,
+        workers=args.workers,
     )
     check_options(options)
     return options

@@ -5,6 +5,10 @@
     mpipipe schedule --from-csv mine.csv --format json
     mpipipe schedule zb-v -D 4 -N 8 --format torch-csv --out zbv.csv  # for PyTorch's _load_csv
     mpipipe schedule all -D 8 -N 8 16 32 --cost 1,1          # bubble table of every kind
+    mpipipe schedule search --placement bitpipe --split -D 4 -N 8 --cost 1,2,1 --out best.csv
+
+A kind whose order is computed (bitpipe-zb, zb-v, zb-h1, bitpipe)
+is planned for the --cost and --latency given, and then simulated with them.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import argparse
 import json
 import sys
 
+from mpipipe.commands import schedule_search
 from mpipipe.errors import UsageError
 from mpipipe.plots.schedule import draw_schedule
-from mpipipe.schedules import SCHEDULE_KINDS, build_schedule, check_constraints
+from mpipipe.schedules import SCHEDULE_KINDS, check_constraints, plan, stage_count
 from mpipipe.schedules.csv_io import from_csv, to_csv
 from mpipipe.schedules.grid import ScheduleError
 from mpipipe.schedules.render import chrome_trace, timeline_text
@@ -25,6 +30,7 @@ from mpipipe.schedules.torch_csv import to_torch_csv
 
 FORMATS = ("text", "json", "csv", "torch-csv", "chrome", "png")
 ALL = "all"
+SEARCH = "search"
 
 
 def register(subparsers) -> None:
@@ -37,7 +43,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "kind", nargs="?", metavar="KIND",
-        help=f"one of {', '.join(SCHEDULE_KINDS)}, or '{ALL}' for a table comparing them",
+        help=f"one of {', '.join(SCHEDULE_KINDS)}; '{ALL}' for a table comparing them; "
+        f"'{SEARCH}' for the best order of a placement that CP-SAT finds",
     )
     parser.add_argument(
         "--from-csv", metavar="FILE",
@@ -58,13 +65,20 @@ def register(subparsers) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="time of one message")
     parser.add_argument(
         "--same-model", action="store_true",
-        help="scale compute costs by D/S (bitpipe, zb-v, interleaved have smaller stages)",
+        help="scale compute costs by D/S (bitpipe, bitpipe-zb, zb-v, interleaved have smaller "
+        "stages)",
     )
+    parser.add_argument(
+        "--cap", type=float, default=None, metavar="M",
+        help="memory cap: micro-batches of L/D layers a rank may hold, for planned orders "
+        "(default D) and the search (default the placement's own kind's peak)",
+    )
+    schedule_search.add_arguments(parser)
     parser.add_argument(
         "--format", choices=FORMATS, default="text",
         help="torch-csv: the compute_only file PyTorch's pipelining loads (_load_csv); "
-        "one-pipe schedules only, since PyTorch holds each stage on one rank (not chimera or "
-        "bitpipe); SYNCs are left out, PyTorch adds its own REDUCE_GRAD",
+        "one-pipe schedules only, since PyTorch holds each stage on one rank (not chimera, "
+        "bitpipe or bitpipe-zb); SYNCs are left out, PyTorch adds its own REDUCE_GRAD",
     )
     parser.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     parser.set_defaults(func=run)
@@ -72,10 +86,14 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     costs = OpCosts.parse(args.cost, args.latency)
+    if args.kind == SEARCH and not args.from_csv:
+        ranks, microbatches = _sizes(args)
+        return schedule_search.run(args, costs, ranks, _one(microbatches))
+    schedule_search.refuse_search_options(args)
     if args.kind == ALL and not args.from_csv:
         return _compare(args, costs)
     try:
-        schedule = _load(args)
+        schedule = _load(args, costs)
         simulation = simulate(schedule, costs, scale_by_stage_size=args.same_model)
     except ScheduleError as error:
         if error.report:
@@ -90,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace) -> Schedule:
+def _load(args: argparse.Namespace, costs: OpCosts) -> Schedule:
     if args.from_csv:
         if args.kind or args.ranks is not None or args.microbatches is not None:
             raise UsageError(
@@ -105,15 +123,30 @@ def _load(args: argparse.Namespace) -> Schedule:
         return from_csv(text, source=args.from_csv)
     if not args.kind:
         raise UsageError(
-            f"schedule: give a KIND ({', '.join(SCHEDULE_KINDS)}, or {ALL}) or --from-csv FILE"
+            f"schedule: give a KIND ({', '.join(SCHEDULE_KINDS)}, {ALL} or {SEARCH}) or "
+            "--from-csv FILE"
         )
     ranks, microbatches = _sizes(args)
+    return _planned(args, args.kind, ranks, _one(microbatches), costs)
+
+
+def _planned(
+    args: argparse.Namespace, kind: str, ranks: int, microbatches: int, costs: OpCosts
+) -> Schedule:
+    """`kind` ordered for the costs it will be simulated with (rescaled by --same-model)."""
+    check_constraints(kind, ranks, microbatches, args.chunks)
+    if args.same_model:
+        costs = costs.scaled(ranks / stage_count(kind, ranks, args.chunks))
+    return plan(kind, ranks, microbatches, costs, args.cap, args.chunks)
+
+
+def _one(microbatches: list[int]) -> int:
     if len(microbatches) != 1:
         raise UsageError(
             f"--microbatches: one value for a single schedule, got {len(microbatches)} "
             f"(several are for KIND '{ALL}')"
         )
-    return build_schedule(args.kind, ranks, microbatches[0], args.chunks)
+    return microbatches[0]
 
 
 def _sizes(args: argparse.Namespace) -> tuple[int, list[int]]:
@@ -183,7 +216,7 @@ def _compare(args: argparse.Namespace, costs: OpCosts) -> int:
             except UsageError as error:
                 skipped.append(f"{kind} N={microbatches}: {error}")
                 continue
-            schedule = build_schedule(kind, ranks, microbatches, args.chunks)
+            schedule = _planned(args, kind, ranks, microbatches, costs)
             records.append(simulate(schedule, costs, scale_by_stage_size=args.same_model))
     if args.format == "json":
         _emit(args.out, json.dumps([_record(record) for record in records], indent=1) + "\n")
@@ -196,7 +229,7 @@ def _compare(args: argparse.Namespace, costs: OpCosts) -> int:
     scaled = ", costs scaled by D/S (--same-model)" if args.same_model else ""
     lines = [
         f"mean bubble (idle / makespan), D={ranks}, F={costs.forward:g}, B={backward}, "
-        f"latency={costs.latency:g}{scaled}",
+        f"latency={costs.latency:g}{scaled}; computed orders planned for these costs",
         f"{'kind':<12}" + "".join(f"{f'N={count}':>9}" for count in microbatch_counts),
     ]
     for kind in SCHEDULE_KINDS:

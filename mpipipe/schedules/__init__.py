@@ -2,6 +2,7 @@
 
     schedule = build_schedule("bitpipe", ranks=4, microbatches=8)   # validated
     timeline = simulate(schedule, OpCosts(forward=1, backward=2))
+    schedule = plan("zb-v", 4, 8, OpCosts(1, 2, backward_weight=0.5))  # ordered for these costs
     my_ops = lower(schedule, rank)                                  # for the engine
     stages = partition_layers(costs, is_body, schedule.stages, "uniform")
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from mpipipe.errors import UsageError, did_you_mean
 from mpipipe.schedules.bitpipe import bitpipe_schedule
+from mpipipe.schedules.bitpipe_zb import bitpipe_zb_schedule
 from mpipipe.schedules.chimera import chimera_schedule
 from mpipipe.schedules.dualpipev import dualpipev_schedule
 from mpipipe.schedules.gpipe import gpipe_schedule
@@ -18,6 +20,7 @@ from mpipipe.schedules.interleaved import interleaved_schedule
 from mpipipe.schedules.lowering import LoweredOp, Transfer, lower, max_tag, message_tag
 from mpipipe.schedules.one_f_one_b import one_f_one_b_schedule
 from mpipipe.schedules.partition import partition_layers
+from mpipipe.schedules.planner import PLANNERS
 from mpipipe.schedules.schedule import Placement, Schedule
 from mpipipe.schedules.simulate import OpCosts, Simulation, simulate
 from mpipipe.schedules.validate import validate
@@ -34,11 +37,13 @@ __all__ = [
     "Simulation",
     "Transfer",
     "build_schedule",
+    "can_run",
     "check_constraints",
     "lower",
     "max_tag",
     "message_tag",
     "partition_layers",
+    "plan",
     "simulate",
     "stage_count",
     "stages_reason",
@@ -55,10 +60,11 @@ _GENERATORS = {
     "zb-h1": zb_h1_schedule,
     "zb-v": zb_v_schedule,
     "dualpipev": dualpipev_schedule,
+    "bitpipe-zb": bitpipe_zb_schedule,
 }
 SCHEDULE_KINDS = tuple(_GENERATORS)
 
-_EVEN_RANKS = ("chimera", "bitpipe", "zb-v")
+_EVEN_RANKS = ("chimera", "bitpipe", "zb-v", "bitpipe-zb")
 _MICROBATCHES_PER_RANK = ("interleaved", "chimera", "bitpipe")  # N a multiple of D
 _TWO_MICROBATCHES_PER_RANK = ("dualpipev",)  # N >= 2D
 
@@ -68,7 +74,7 @@ def stage_count(kind: str, ranks: int, chunks: int = 2) -> int:
     _check_kind(kind)
     if kind == "interleaved":
         return chunks * ranks
-    if kind in ("bitpipe", "zb-v", "dualpipev"):
+    if kind in ("bitpipe", "zb-v", "bitpipe-zb", "dualpipev"):
         return 2 * ranks
     return ranks
 
@@ -102,6 +108,11 @@ def check_constraints(kind: str, ranks: int, microbatches: int, chunks: int = 2)
             f"parallel.chunks: interleaved needs at least 2 model chunks per rank, got {chunks} "
             "(use 2, 3, 4, ... or parallel.schedule = '1f1b')"
         )
+    if kind == "bitpipe-zb" and microbatches < 2:
+        raise UsageError(
+            f"parallel.microbatches: bitpipe-zb needs at least 2 micro-batches (one per pipe), "
+            f"got {microbatches} (use 2, 3, 4, ...)"
+        )
     if kind in _MICROBATCHES_PER_RANK and microbatches % ranks:
         raise UsageError(
             f"parallel.microbatches: {kind} needs a multiple of the pipeline degree {ranks}, "
@@ -114,11 +125,40 @@ def check_constraints(kind: str, ranks: int, microbatches: int, chunks: int = 2)
         )
 
 
+def can_run(kind: str, ranks: int, microbatches: int, chunks: int = 2) -> bool:
+    """Whether `kind` accepts D = ranks and N = microbatches (see check_constraints)."""
+    try:
+        check_constraints(kind, ranks, microbatches, chunks)
+    except UsageError:
+        return False
+    return True
+
+
 def build_schedule(kind: str, ranks: int, microbatches: int, chunks: int = 2) -> Schedule:
     """Generate and validate the schedule of `kind` for D = ranks, N = microbatches."""
     check_constraints(kind, ranks, microbatches, chunks)
     extra = (chunks,) if kind == "interleaved" else ()
     return validate(_GENERATORS[kind](ranks, microbatches, *extra))
+
+
+def plan(
+    kind: str,
+    ranks: int,
+    microbatches: int,
+    costs: OpCosts | None = None,
+    memory_cap: float | None = None,
+    chunks: int = 2,
+) -> Schedule:
+    """The schedule of `kind` ordered for `costs` (per op of one of its own stages; per-stage
+    F, I, W and the message latency), holding at most `memory_cap` micro-batches of L/D
+    layers per rank (default D). A deterministic function of its arguments, so every rank
+    computes the same plan; the costs and cap are kept in the schedule's options. Kinds
+    whose order does not depend on the costs (gpipe, 1f1b, interleaved, chimera) are
+    build_schedule's."""
+    check_constraints(kind, ranks, microbatches, chunks)
+    if kind not in PLANNERS:
+        return build_schedule(kind, ranks, microbatches, chunks)
+    return validate(PLANNERS[kind](ranks, microbatches, costs or OpCosts(), memory_cap))
 
 
 def _check_kind(kind: str) -> None:

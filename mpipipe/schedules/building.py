@@ -64,3 +64,15 @@ def make_schedule(
         ops=[with_eager_syncs(rank_ops) for rank_ops in ops],
         options=options or {},
     )
+
+
+def pipes_by_unit(ranks: int, microbatches: int) -> dict[int, int]:
+    """Micro-batch -> pipe for two pipes: of every unit of D micro-batches the first D/2 take
+    the down pipe (0), the rest the up pipe (1); a last, shorter unit splits the same way,
+    the down pipe taking the odd one."""
+    pipes = {}
+    for microbatch in range(microbatches):
+        unit_start = microbatch - microbatch % ranks
+        unit_size = min(ranks, microbatches - unit_start)
+        pipes[microbatch] = 0 if microbatch - unit_start < (unit_size + 1) // 2 else 1
+    return pipes

@@ -35,8 +35,8 @@ from mpipipe.schedules.validate import validate
 
 _COMMENT = "# mpipipe schedule"
 _RANK_LABEL = re.compile(r"^(?:rank\s*|r)?(\d+)$", re.IGNORECASE)
-_OPTION_KEYS = ("chunks",)  # generator options kept in Schedule.options
-_INTEGER_OPTIONS = ("ranks", "microbatches", *_OPTION_KEYS)
+_OPTION_KEYS = ("chunks", "costs", "memory_cap")  # generator options kept in Schedule.options
+_INTEGER_OPTIONS = ("ranks", "microbatches", "chunks")
 _LOCATED_CELLS = 3  # marked ops whose place in the file an error names
 
 
@@ -86,7 +86,8 @@ def from_csv(text: str, source: str = "schedule CSV") -> Schedule:
             _realign(rank_places, rank_ops)
             for rank_places, rank_ops in zip(places, ops, strict=True)
         ]
-    options = {key: int(value) for key, value in header.items() if key in _OPTION_KEYS}
+    options = {key: _option(key, value, source) for key, value in header.items()
+               if key in _OPTION_KEYS}
     schedule = Schedule(
         kind=header.get("kind", "custom"),
         ranks=ranks,
@@ -176,6 +177,19 @@ def _read_comment(text: str, source: str, line_number: int) -> dict[str, str]:
             )
         fields[key] = value
     return fields
+
+
+def _option(key: str, value: str, source: str) -> int | float | str:
+    """An option as the generators keep it: chunks a whole number, the memory cap a number,
+    the planning costs their text (OpCosts.to_text)."""
+    if key == "chunks":
+        return int(value)
+    if key == "memory_cap":
+        try:
+            return float(value)
+        except ValueError:
+            raise UsageError(f"{source}: memory_cap must be a number, got {value!r}") from None
+    return value
 
 
 def _order_rows(rows: list[_Row], source: str) -> list[_Row]:

@@ -31,7 +31,11 @@ def interleaved_schedule(ranks: int, microbatches: int, chunks: int) -> Schedule
         )
         for rank in range(ranks)
     ]
-    placement = {(0, stage): stage % ranks for stage in range(chunks * ranks)}
     return make_schedule(
-        "interleaved", ranks, microbatches, placement, ops, options={"chunks": chunks}
+        "interleaved", ranks, microbatches, interleaved_placement(ranks, chunks), ops,
+        options={"chunks": chunks},
     )
+
+
+def interleaved_placement(ranks: int, chunks: int) -> dict[tuple[int, int], int]:
+    return {(0, stage): stage % ranks for stage in range(chunks * ranks)}

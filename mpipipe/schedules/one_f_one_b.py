@@ -21,5 +21,9 @@ def one_f_one_b_schedule(ranks: int, microbatches: int) -> Schedule:
         )
         for rank in range(ranks)
     ]
-    placement = {(0, rank): rank for rank in range(ranks)}
-    return make_schedule("1f1b", ranks, microbatches, placement, ops)
+    return make_schedule("1f1b", ranks, microbatches, one_stage_per_rank(ranks), ops)
+
+
+def one_stage_per_rank(ranks: int) -> dict[tuple[int, int], int]:
+    """GPipe's, 1F1B's and ZB-H1's placement: stage r on rank r."""
+    return {(0, rank): rank for rank in range(ranks)}

@@ -10,7 +10,8 @@ from fractions import Fraction
 
 from mpipipe.errors import UsageError
 from mpipipe.schedules.ops import OpType
-from mpipipe.schedules.simulate import Simulation
+from mpipipe.schedules.schedule import Schedule
+from mpipipe.schedules.simulate import OpCosts, Simulation
 
 _MAX_SLOTS = 20000
 
@@ -54,6 +55,16 @@ def timeline_text(simulation: Simulation) -> str:
     return "\n".join([header, *rows, "", unit_note, *_summary_lines(simulation)]) + "\n"
 
 
+def _planned_for(schedule: Schedule) -> str:
+    """Which costs the order was planned for: computed orders keep them in their options."""
+    if "costs" not in schedule.options:
+        return "order planned for any costs (it does not depend on them)"
+    planned = OpCosts.from_text(schedule.options["costs"]).describe(schedule.split_backward)
+    cap = schedule.options.get("memory_cap")
+    held = f", at most {cap:g} micro-batches of L/D layers per rank" if cap is not None else ""
+    return f"order planned for costs per stage {planned}{held}"
+
+
 def _summary_lines(simulation: Simulation) -> list[str]:
     def numbers(values: list[float], digits: int) -> str:
         return " ".join(f"{value:.{digits}f}" for value in values)
@@ -68,6 +79,7 @@ def _summary_lines(simulation: Simulation) -> list[str]:
     lines = [
         f"{schedule.kind}: D={schedule.ranks} N={schedule.microbatches} S={schedule.stages} "
         f"costs per stage F={costs.forward:g} {backward} latency={costs.latency:g}",
+        _planned_for(schedule),
         f"makespan          {simulation.makespan:g}",
         f"bubble per rank   {numbers(simulation.bubble, 3)}",
         f"peak activations  {numbers(simulation.peak_activations, 2)} "

@@ -19,6 +19,7 @@ waits for, with the step x rank grid marked where they stopped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Container
 from dataclasses import dataclass, replace
 
@@ -35,6 +36,8 @@ class OpCosts:
 
     Split schedules (I and W ops) use backward_input and backward_weight;
     left out, they split `backward` in half, or take what the other leaves.
+    `per_stage`, when given, holds (F, I, W) for every stage and overrides
+    the four uniform costs (a full backward then takes I + W).
     """
 
     forward: float = 1.0
@@ -42,6 +45,7 @@ class OpCosts:
     backward_input: float | None = None
     backward_weight: float | None = None
     latency: float = 0.0  # added to every dependency that crosses ranks
+    per_stage: tuple[tuple[float, float, float], ...] = ()
 
     def __post_init__(self):
         if self.backward_input is None and self.backward_weight is None:
@@ -51,23 +55,26 @@ class OpCosts:
             object.__setattr__(self, "backward_input", self.backward - self.backward_weight)
         elif self.backward_weight is None:
             object.__setattr__(self, "backward_weight", self.backward - self.backward_input)
+        object.__setattr__(self, "per_stage", tuple(tuple(costs) for costs in self.per_stage))
 
     @classmethod
     def parse(cls, text: str, latency: float = 0.0) -> OpCosts:
         """Read `--cost F,B` (I = W = B/2) or `--cost F,B,W` (I = B - W)."""
         usage = (
-            f"--cost: expected F,B or F,B,W as non-negative numbers with W <= B "
-            f"(such as 1,2 or 1,2,1), got {text!r}"
+            f"--cost: expected F,B or F,B,W as finite non-negative numbers with W <= B and "
+            f"F + B > 0 (such as 1,2 or 1,2,1), got {text!r}"
         )
         try:
             numbers = [float(part) for part in text.split(",")]
         except ValueError:
             raise UsageError(usage) from None
-        weight_too_big = len(numbers) == 3 and numbers[2] > numbers[1]
-        if len(numbers) not in (2, 3) or min(numbers) < 0 or weight_too_big:
+        if len(numbers) not in (2, 3) or not all(math.isfinite(number) for number in numbers):
             raise UsageError(usage)
-        if latency < 0:
-            raise UsageError(f"--latency: expected a non-negative number, got {latency}")
+        weight_too_big = len(numbers) == 3 and numbers[2] > numbers[1]
+        if min(numbers) < 0 or weight_too_big or numbers[0] + numbers[1] == 0:
+            raise UsageError(usage)
+        if not (math.isfinite(latency) and latency >= 0):
+            raise UsageError(f"--latency: expected a finite non-negative number, got {latency}")
         weight = numbers[2] if len(numbers) == 3 else None
         return cls(forward=numbers[0], backward=numbers[1], backward_weight=weight, latency=latency)
 
@@ -80,6 +87,18 @@ class OpCosts:
             OpType.SYNC: 0.0,
         }[op_type]
 
+    def duration(self, op: Op) -> float:
+        """How long `op` takes: its stage's own cost where `per_stage` is given."""
+        if not self.per_stage or op.type is OpType.SYNC:
+            return self.cost(op.type)
+        forward, backward_input, backward_weight = self.per_stage[op.stage]
+        return {
+            OpType.FORWARD: forward,
+            OpType.BACKWARD: backward_input + backward_weight,
+            OpType.BACKWARD_INPUT: backward_input,
+            OpType.BACKWARD_WEIGHT: backward_weight,
+        }[op.type]
+
     def scaled(self, factor: float) -> OpCosts:
         """The same costs with every compute cost (not the latency) times `factor`."""
         return replace(
@@ -88,7 +107,69 @@ class OpCosts:
             backward=self.backward * factor,
             backward_input=self.backward_input * factor,
             backward_weight=self.backward_weight * factor,
+            per_stage=tuple(tuple(cost * factor for cost in costs) for costs in self.per_stage),
         )
+
+    def check_stages(self, stages: int) -> None:
+        """Raise a UsageError unless `per_stage` is empty or has one entry per stage."""
+        if self.per_stage and len(self.per_stage) != stages:
+            raise UsageError(
+                f"costs: per-stage costs give {len(self.per_stage)} stages, but the schedule "
+                f"has {stages}"
+            )
+
+    def describe(self, split_backward: bool = True) -> str:
+        """The costs in words, as the text output prints them: 'F=1 I=1.5 W=0.5 latency=0'."""
+        if self.per_stage:
+            stages = " ".join(
+                f"{forward:g}/{backward_input:g}/{backward_weight:g}"
+                for forward, backward_input, backward_weight in self.per_stage
+            )
+            return f"F/I/W per stage {stages} latency={self.latency:g}"
+        backward = (
+            f"I={self.backward_input:g} W={self.backward_weight:g}"
+            if split_backward
+            else f"B={self.backward:g}"
+        )
+        return f"F={self.forward:g} {backward} latency={self.latency:g}"
+
+    def to_text(self) -> str:
+        """An exact, comma- and space-free form for Schedule.options and files (`from_text`)."""
+        fields = [
+            f"F={self.forward!r}",
+            f"I={self.backward_input!r}",
+            f"W={self.backward_weight!r}",
+            f"latency={self.latency!r}",
+        ]
+        if self.per_stage:
+            stages = "|".join(":".join(map(repr, costs)) for costs in self.per_stage)
+            fields.append(f"stages={stages}")
+        return ";".join(fields)
+
+    @classmethod
+    def from_text(cls, text: str) -> OpCosts:
+        """The costs `to_text` wrote."""
+        try:
+            fields = dict(item.split("=", 1) for item in text.split(";"))
+            per_stage = tuple(
+                tuple(float(cost) for cost in costs.split(":"))
+                for costs in fields.get("stages", "").split("|")
+                if costs
+            )
+            backward_input, backward_weight = float(fields["I"]), float(fields["W"])
+            return cls(
+                forward=float(fields["F"]),
+                backward=backward_input + backward_weight,
+                backward_input=backward_input,
+                backward_weight=backward_weight,
+                latency=float(fields["latency"]),
+                per_stage=per_stage,
+            )
+        except (KeyError, ValueError):
+            raise UsageError(
+                f"costs: cannot read {text!r}; expected F=..;I=..;W=..;latency=.. as written "
+                "by OpCosts.to_text"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -190,6 +271,7 @@ def simulate(
     """Run `schedule` on paper. `scale_by_stage_size` multiplies compute costs by D/S,
     so schedules that cut the same model into more, smaller stages compare fairly."""
     costs = costs or OpCosts()
+    costs.check_stages(schedule.stages)
     if scale_by_stage_size:
         costs = costs.scaled(schedule.ranks / schedule.stages)
     split = {
@@ -219,7 +301,7 @@ def simulate(
             for need in needs:
                 end, owner = finished[need]
                 start = max(start, end + (costs.latency if owner != rank else 0.0))
-            end = start + costs.cost(op.type)
+            end = start + costs.duration(op)
             timeline[rank].append(TimedOp(op, start, end))
             free_at[rank] = end
             finished[op] = (end, rank)

@@ -11,6 +11,7 @@ time units at F = I = W instead of 1F1B's 3(D-1).
 from __future__ import annotations
 
 from mpipipe.schedules.building import make_schedule
+from mpipipe.schedules.one_f_one_b import one_stage_per_rank
 from mpipipe.schedules.ops import F, I, Op, W
 from mpipipe.schedules.schedule import Schedule
 
@@ -28,5 +29,4 @@ def zb_h1_schedule(ranks: int, microbatches: int) -> Schedule:
                 rank_ops.append(Op(W, rank, microbatch - rank))
         deferred = range(max(microbatches - rank, 0), microbatches)
         ops.append(rank_ops + [Op(W, rank, microbatch) for microbatch in deferred])
-    placement = {(0, rank): rank for rank in range(ranks)}
-    return make_schedule("zb-h1", ranks, microbatches, placement, ops)
+    return make_schedule("zb-h1", ranks, microbatches, one_stage_per_rank(ranks), ops)
