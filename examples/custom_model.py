@@ -2,6 +2,7 @@
 
     jobs/local/mpirun.sh -n 2 .venv/bin/python examples/custom_model.py
     jobs/local/mpirun.sh -n 4 .venv/bin/python examples/custom_model.py --schedule bitpipe
+    jobs/local/mpirun.sh -n 2 .venv/bin/python examples/custom_model.py --recompute block
 
 The model is a GPT with "parallel" blocks (as in GPT-J and PaLM): attention and
 the MLP read the same normalised input and both add to the residual,
@@ -12,8 +13,11 @@ the MLP read the same normalised input and both add to the residual,
 its backward from the library's LayerNorm, Attention and MLP, keeping each
 sublayer's weight cache under its name; `Composite` replays those for the
 weight-gradient half, so every schedule can run it (the zero-bubble ones
-included, which run the two halves at different times). The rest is the
-usual GPT layer list, the plan (schedule, stages, data) and the Trainer.
+included, which run the two halves at different times). `apply_recompute`
+puts each block under a recomputation policy, as the GPT builder does with
+runtime.recompute: "block" keeps only the block's input, "attention" makes
+the Attention inside it drop its probabilities. The rest is the usual GPT
+layer list, the plan (schedule, stages, data) and the Trainer.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from mpipipe.layers import (
     LayerNorm,
     LMHead,
     MicroBatch,
+    apply_recompute,
 )
 from mpipipe.layers.composite import Composite, scoped
+from mpipipe.layers.recompute import RECOMPUTE_POLICIES
 from mpipipe.models.model import Model
 
 VOCAB_SIZE = 256  # the bytes of the stdlib corpus
@@ -87,12 +93,16 @@ class ParallelBlock(Composite):
         return dx, wcaches
 
 
-def parallel_gpt(seq_len: int, n_layer: int, n_head: int, channels: int) -> Model:
-    """Embedding, n_layer parallel blocks, final LayerNorm, tied LM head, loss."""
+def parallel_gpt(
+    seq_len: int, n_layer: int, n_head: int, channels: int, recompute: str = "none"
+) -> Model:
+    """Embedding, n_layer parallel blocks (under the `recompute` policy), final LayerNorm,
+    tied LM head, loss."""
     init_std = 0.02
     residual_std = init_std / math.sqrt(2 * n_layer)
     blocks = [
-        ParallelBlock(channels, n_head, 4 * channels, init_std, residual_std)
+        apply_recompute(ParallelBlock(channels, n_head, 4 * channels, init_std, residual_std),
+                        recompute)
         for _ in range(n_layer)
     ]
     layers = [
@@ -105,7 +115,7 @@ def parallel_gpt(seq_len: int, n_layer: int, n_head: int, channels: int) -> Mode
     return Model("parallel-gpt", layers, VOCAB_SIZE, seq_len)
 
 
-def make_config(schedule: str, steps: int, microbatches: int) -> Config:
+def make_config(schedule: str, steps: int, microbatches: int, recompute: str) -> Config:
     """The run's settings; [model] describes the custom model for the data and the messages."""
     config = Config()
     config.model.kind = "gpt"  # next-token targets from the data
@@ -123,6 +133,7 @@ def make_config(schedule: str, steps: int, microbatches: int) -> Config:
     config.parallel.schedule = schedule
     config.parallel.microbatches = microbatches
     config.runtime.device = "auto"
+    config.runtime.recompute = recompute
     return config
 
 
@@ -131,12 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedule", default="1f1b", choices=SCHEDULES)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--microbatches", type=int, default=8)
+    parser.add_argument("--recompute", default="none", choices=RECOMPUTE_POLICIES)
     parser.add_argument("--out", default=os.path.join("runs", "custom_model"))
     args = parser.parse_args(argv)
 
-    config = make_config(args.schedule, args.steps, args.microbatches)
+    config = make_config(args.schedule, args.steps, args.microbatches, args.recompute)
     model = parallel_gpt(
-        config.model.seq_len, config.model.n_layer, config.model.n_head, config.model.d_model
+        config.model.seq_len, config.model.n_layer, config.model.n_head, config.model.d_model,
+        config.runtime.recompute,
     )
     # Choose the GPU from the node-local rank before MPI starts (CUDA-aware MPI needs it).
     backend = select_backend(config.runtime.device, config.runtime.dtype)

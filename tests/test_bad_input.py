@@ -142,6 +142,9 @@ CASES = [
          "config file 'examples/no_such.toml' does not exist"),
     Case("misspelt-schedule", tiny("--set", "parallel.schedule=bitpip"),
          f"is not one of {', '.join(SCHEDULE_KINDS)} (did you mean 'bitpipe'?)"),
+    Case("misspelt-recompute", tiny("--set", "runtime.recompute=blocks"),
+         'runtime.recompute = "blocks" is not one of none, attention, block '
+         "(did you mean 'block'?)"),
     Case("below-minimum", tiny("--set", "train.steps=0"),
          "train.steps = 0 is below the minimum 1 (use 1 or more)"),
     Case("negative-learning-rate", tiny("--set", "optim.lr=-0.1"),

@@ -11,8 +11,10 @@ import pytest
 from mpipipe.config.load import load_config
 from mpipipe.config.validate import validate_config
 from mpipipe.errors import UsageError
-from mpipipe.layers import MicroBatch
+from mpipipe.layers import Attention, MicroBatch, Recomputed
+from mpipipe.layers.recompute import sublayers_within
 from mpipipe.metrics import read_metrics
+from mpipipe.models import loss_and_grads
 from mpipipe.models.model import build_model
 from mpipipe.schedules import OpCosts, build_schedule, simulate
 from mpipipe.schedules.partition import partition_layers
@@ -81,6 +83,28 @@ def test_parallel_block_gradients_match_finite_differences():
     for array, analytic in [(x, dx), *((params[name], grads[name]) for name in params)]:
         numeric = finite_difference(loss, array, range(array.size), step=1e-6)
         assert np.allclose(analytic.reshape(-1), numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("policy", ["attention", "block"])
+def test_parallel_gpt_under_recompute_computes_bitwise_the_same(policy):
+    example = load_custom_model_example()
+    plain = example.parallel_gpt(seq_len=8, n_layer=2, n_head=2, channels=8)
+    recomputing = example.parallel_gpt(seq_len=8, n_layer=2, n_head=2, channels=8,
+                                       recompute=policy)
+    assert plain.param_shapes() == recomputing.param_shapes()
+    inside = [sublayer for layer in recomputing.layers for sublayer in sublayers_within(layer)]
+    if policy == "block":
+        assert sum(isinstance(layer, Recomputed) for layer in recomputing.layers) == 2
+    else:
+        attentions = [layer for layer in inside if isinstance(layer, Attention)]
+        assert len(attentions) == 2 and not any(a.keep_probabilities for a in attentions)
+    params = plain.init_params(seed=0)
+    window = np.random.default_rng(1).integers(0, example.VOCAB_SIZE, (2, 9))
+    batch = MicroBatch(window[:, :-1], window[:, 1:], None, float(window[:, 1:].size))
+    loss, grads = loss_and_grads(plain, params, batch)
+    recomputed_loss, recomputed_grads = loss_and_grads(recomputing, params, batch)
+    assert recomputed_loss == loss
+    assert all(np.array_equal(recomputed_grads[key], grads[key]) for key in grads)
 
 
 def gpu_config_comment() -> str:

@@ -13,6 +13,8 @@ import pytest
 from mpipipe import fused
 from mpipipe.fused import cuda
 
+from cupy_device import cupy, needs_gpu
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 KERNELS = REPOSITORY / "kernels"
 KERNEL_FILES = sorted(KERNELS.glob("*.cu"))
@@ -86,19 +88,6 @@ def test_wheel_contains_the_kernel_sources(tmp_path):
         assert f"mpipipe/cuda_kernels/{path.name}" in shipped
 
 
-def usable_cupy():
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            return cupy
-    except Exception:  # no CuPy, no driver or no device
-        return None
-    return None
-
-
-cupy = usable_cupy()
-needs_gpu = pytest.mark.skipif(cupy is None, reason="needs CuPy and a CUDA GPU")
 TOLERANCE = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
 

@@ -20,6 +20,7 @@ from mpipipe.layers import (
     Linear,
     LMHead,
     MicroBatch,
+    apply_recompute,
 )
 
 from gradcheck import finite_difference
@@ -153,6 +154,20 @@ FLOAT_INPUT_LAYERS = {
         context(attention_mask=padding_mask()),
         (BATCH, TIME, CHANNELS),
     ),
+    **{
+        f"block-{name}-recompute-{policy}": (
+            lambda causal=causal, policy=policy: apply_recompute(
+                Block(CHANNELS, HEADS, 4 * CHANNELS, causal=causal), policy
+            ),
+            ctx,
+            (BATCH, TIME, CHANNELS),
+        )
+        for name, causal, ctx in [
+            ("causal", True, context()),
+            ("padding", False, context(attention_mask=padding_mask())),
+        ]
+        for policy in ("attention", "block")
+    },
     "lm-head-untied": (
         lambda: LMHead(CHANNELS, VOCAB, tie_embeddings=False),
         context(),

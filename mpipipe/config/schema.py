@@ -4,7 +4,7 @@ Every key has a type, a default and a one-line help string (the `help`
 metadata), which `mpipipe config show` and the README's reference print.
 Cross-key constraints live in `mpipipe.config.validate`. Where a key names
 one of the things a lower layer implements (schedules, partition methods,
-model kinds, devices, float types), its choices are that layer's own table.
+model kinds, devices, float types, recompute policies), its choices are that layer's own table.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mpipipe.backend import DEVICES, DTYPES
+from mpipipe.layers.recompute import RECOMPUTE_POLICIES
 from mpipipe.schedules import SCHEDULE_KINDS
 from mpipipe.schedules.partition import PARTITION_METHODS
 from mpipipe.tokens import MODEL_KINDS
@@ -116,6 +117,11 @@ class RuntimeConfig:
     trace: bool = option(True, "write trace.json (Chrome/Perfetto) of every op")
     trace_steps: int = option(3, "steps recorded in trace.json, from the first", minimum=1)
     recv_window: int = option(8, "receives posted ahead of the op that needs them", minimum=1)
+    recompute: str = option(
+        "none", "compute again in the backward: each block's attention probabilities "
+        "(attention), or the whole block, keeping only its input (block)",
+        RECOMPUTE_POLICIES,
+    )
 
 
 @dataclass

@@ -10,6 +10,7 @@ from mpipipe.layers.layernorm import LayerNorm
 from mpipipe.layers.linear import Linear
 from mpipipe.layers.lm_head import LMHead
 from mpipipe.layers.mlp import MLP
+from mpipipe.layers.recompute import Recomputed, apply_recompute
 from mpipipe.tokens import IGNORE_INDEX
 
 __all__ = [
@@ -26,4 +27,6 @@ __all__ = [
     "LayerNorm",
     "Linear",
     "MicroBatch",
+    "Recomputed",
+    "apply_recompute",
 ]

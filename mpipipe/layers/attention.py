@@ -8,6 +8,10 @@ Blocked scores (future keys when causal, padded keys when ctx.attention_mask
 is given) are set to the float type's lowest value before the softmax, so
 their probability is exactly 0 and a row with every key blocked stays finite.
 Queries at padded positions still produce outputs; the loss ignores them.
+
+With keep_probabilities = False (the "attention" recompute policy) the cache
+drops `att`, the one (B, H, T, T) array, and the backward computes it again
+from the cached q and k by the forward's own steps, so it is bitwise the same.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class Attention(Composite):
     causal: bool
     init_std: float = 0.02
     proj_init_std: float = 0.02
+    keep_probabilities: bool = True
 
     def __post_init__(self) -> None:
         if self.channels % self.n_head:
@@ -58,12 +63,9 @@ class Attention(Composite):
             blocked = padded if blocked is None else blocked | padded  # (B, 1, T|1, T)
         return blocked
 
-    def forward(self, params: dict, x, ctx: MicroBatch):
-        xp = array_module(x)
-        batch, time, channels = x.shape
-        qkv, qkv_cache = self.sublayers["qkv"].forward(scoped(params, "qkv"), x, ctx)
-        q, k, v = self.split_heads(qkv)
-        # scores: (B, H, T, T), softmax over the last axis (keys), in place
+    def probabilities(self, xp, q, k, ctx: MicroBatch):
+        """softmax(q k^T / sqrt(D) + mask): (B, H, T, T), softmax over the keys, in place."""
+        batch, _, time, _ = q.shape
         att = q @ k.swapaxes(-1, -2)
         att *= 1.0 / math.sqrt(self.head_size)
         blocked = self.blocked_keys(xp, batch, time, ctx)
@@ -72,14 +74,23 @@ class Attention(Composite):
         att -= att.max(axis=-1, keepdims=True)
         xp.exp(att, out=att)
         att /= att.sum(axis=-1, keepdims=True)
+        return att
+
+    def forward(self, params: dict, x, ctx: MicroBatch):
+        xp = array_module(x)
+        batch, time, channels = x.shape
+        qkv, qkv_cache = self.sublayers["qkv"].forward(scoped(params, "qkv"), x, ctx)
+        q, k, v = self.split_heads(qkv)
+        att = self.probabilities(xp, q, k, ctx)
         # heads: (B, H, T, D) written straight into merged: (B, T, C)
         merged = xp.empty((batch, time, channels), dtype=att.dtype)
         xp.matmul(att, v, out=self.as_heads(merged))
         y, proj_cache = self.sublayers["proj"].forward(scoped(params, "proj"), merged, ctx)
-        return y, (qkv_cache, qkv, att, merged, proj_cache)
+        kept = att if self.keep_probabilities else None
+        return y, (qkv_cache, qkv, kept, merged, proj_cache, ctx)
 
     def backward_input(self, params: dict, dy, cache):
-        qkv_cache, qkv, att, merged, proj_cache = cache
+        qkv_cache, qkv, att, merged, proj_cache, ctx = cache
         xp = array_module(dy)
         wcaches = {}
         dmerged, wcaches["proj"] = self.sublayers["proj"].backward_input(
@@ -87,6 +98,8 @@ class Attention(Composite):
         )
         dheads = self.as_heads(dmerged)  # (B, H, T, D)
         q, k, v = self.split_heads(qkv)
+        if att is None:
+            att = self.probabilities(xp, q, k, ctx)
         dqkv = xp.empty_like(qkv)  # (B, T, 3C)
         dq, dk, dv = self.split_heads(dqkv)
         xp.matmul(att.swapaxes(-1, -2), dheads, out=dv)
@@ -108,12 +121,16 @@ class Attention(Composite):
         linears = super().cost(microbatch_size, seq_len, itemsize)
         scores = float(microbatch_size * self.n_head * seq_len * seq_len)
         # Two (T x T x D) products per head forward, four backward; ~5 flops per score
-        # for scale, mask and softmax.
+        # for scale, mask and softmax. Recomputing the probabilities repeats the first
+        # product and the softmax.
         products = 2.0 * scores * self.head_size
+        recomputed = 0.0 if self.keep_probabilities else products + 5.0 * scores
+        kept_scores = int(scores) if self.keep_probabilities else 0
         return LayerCost(
             forward_flops=linears.forward_flops + 2.0 * products + 5.0 * scores,
-            backward_flops=linears.backward_flops + 4.0 * products + 5.0 * scores,
+            backward_flops=linears.backward_flops + 4.0 * products + 5.0 * scores + recomputed,
             param_bytes=linears.param_bytes,
             activation_bytes=linears.activation_bytes
-            + (3 * microbatch_size * seq_len * self.channels + int(scores)) * itemsize,
+            + (3 * microbatch_size * seq_len * self.channels + kept_scores) * itemsize,
+            input_bytes=linears.input_bytes,
         )

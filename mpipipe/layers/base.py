@@ -29,12 +29,17 @@ ParamKey = tuple[int, str]
 
 @dataclass
 class LayerCost:
-    """Per-micro-batch cost estimates the balanced partitioner uses."""
+    """Per-micro-batch cost estimates the balanced partitioner uses.
+
+    activation_bytes: what forward's cache holds until the backward;
+    input_bytes: the input forward reads, which is all a recomputed layer keeps.
+    """
 
     forward_flops: float
     backward_flops: float
     param_bytes: int
     activation_bytes: int
+    input_bytes: int
 
 
 class Layer:
@@ -78,4 +83,4 @@ class Layer:
         return input_shape
 
     def cost(self, microbatch_size: int, seq_len: int, itemsize: int) -> LayerCost:
-        return LayerCost(0.0, 0.0, 0, 0)
+        return LayerCost(0.0, 0.0, 0, 0, 0)

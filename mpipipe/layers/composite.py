@@ -23,17 +23,19 @@ def scoped(arrays: dict, prefix: str) -> dict:
 
 
 def add_costs(costs: list[LayerCost]) -> LayerCost:
+    """The cost of running `costs`' layers in order: the first one reads the input."""
     return LayerCost(
         forward_flops=sum(cost.forward_flops for cost in costs),
         backward_flops=sum(cost.backward_flops for cost in costs),
         param_bytes=sum(cost.param_bytes for cost in costs),
         activation_bytes=sum(cost.activation_bytes for cost in costs),
+        input_bytes=costs[0].input_bytes,
     )
 
 
 class Composite(Layer):
     """Parameters, initialisation, weight gradients and cost of a layer made of `sublayers`
-    (name -> layer)."""
+    (name -> layer, in the order forward runs them)."""
 
     sublayers: dict[str, Layer]
 

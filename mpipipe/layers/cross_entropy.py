@@ -48,4 +48,5 @@ class CrossEntropy(Layer):
             backward_flops=2.0 * elements,
             param_bytes=0,
             activation_bytes=int(elements) * itemsize,
+            input_bytes=int(elements) * itemsize,
         )

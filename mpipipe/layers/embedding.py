@@ -65,6 +65,7 @@ class Embedding(Layer):
             backward_flops=2.0 * elements,
             param_bytes=(self.vocab_size + self.seq_len) * self.channels * itemsize,
             activation_bytes=microbatch_size * seq_len * TOKEN_ID_BYTES,
+            input_bytes=microbatch_size * seq_len * TOKEN_ID_BYTES,
         )
 
 

@@ -25,4 +25,5 @@ class GELU(Layer):
             backward_flops=20.0 * elements,
             param_bytes=0,
             activation_bytes=int(elements) * itemsize,
+            input_bytes=int(elements) * itemsize,
         )

@@ -44,4 +44,5 @@ class LayerNorm(Layer):
             backward_flops=14.0 * elements,
             param_bytes=2 * self.channels * itemsize,
             activation_bytes=(rows * self.channels + 2 * rows) * itemsize,
+            input_bytes=rows * self.channels * itemsize,
         )

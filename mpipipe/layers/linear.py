@@ -64,4 +64,5 @@ class Linear(Layer):
             backward_flops=2.0 * matmul + bias,
             param_bytes=params * itemsize,
             activation_bytes=rows * self.in_features * itemsize,
+            input_bytes=rows * self.in_features * itemsize,
         )

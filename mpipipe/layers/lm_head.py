@@ -74,4 +74,5 @@ class LMHead(Layer):
             backward_flops=2.0 * matmul,
             param_bytes=self.channels * self.vocab_size * itemsize,
             activation_bytes=rows * self.channels * itemsize,
+            input_bytes=rows * self.channels * itemsize,
         )

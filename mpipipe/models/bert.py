@@ -12,5 +12,5 @@ from mpipipe.layers.base import Layer
 from mpipipe.models.transformer import transformer_layers
 
 
-def bert_layers(config: ModelConfig, vocab_size: int) -> list[Layer]:
-    return transformer_layers(config, vocab_size, causal=False)
+def bert_layers(config: ModelConfig, vocab_size: int, recompute: str = "none") -> list[Layer]:
+    return transformer_layers(config, vocab_size, causal=False, recompute=recompute)

@@ -74,8 +74,11 @@ class Model:
         return [layer.cost(microbatch_size, self.seq_len, itemsize) for layer in self.layers]
 
 
-def build_model(config: ModelConfig, data_vocab: int | None = None) -> Model:
-    """The model `config` describes; `data_vocab` is the data's token count (max id + 1).
+def build_model(
+    config: ModelConfig, data_vocab: int | None = None, recompute: str = "none"
+) -> Model:
+    """The model `config` describes; `data_vocab` is the data's token count (max id + 1);
+    `recompute`: the blocks' recomputation policy (runtime.recompute).
 
     The config's values are trusted: `load_config` checks each key and
     `validate_config` the keys together (heads, vocabulary), and the data
@@ -86,5 +89,5 @@ def build_model(config: ModelConfig, data_vocab: int | None = None) -> Model:
     assert data_vocab is None or data_vocab + special_tokens(config.kind) <= config.vocab_size, (
         f"{data_vocab} data token ids do not fit model.vocab_size = {config.vocab_size}"
     )
-    layers = BUILDERS[config.kind](config, config.vocab_size)
+    layers = BUILDERS[config.kind](config, config.vocab_size, recompute)
     return Model(config.kind, layers, config.vocab_size, config.seq_len)

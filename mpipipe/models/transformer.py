@@ -16,14 +16,21 @@ from mpipipe.layers.cross_entropy import CrossEntropy
 from mpipipe.layers.embedding import Embedding
 from mpipipe.layers.layernorm import LayerNorm
 from mpipipe.layers.lm_head import LMHead
+from mpipipe.layers.recompute import apply_recompute
 
 
-def transformer_layers(config: ModelConfig, vocab_size: int, causal: bool) -> list[Layer]:
-    """[Embedding, Block x n_layer, LayerNorm, LMHead, CrossEntropy]; causal or bidirectional."""
+def transformer_layers(
+    config: ModelConfig, vocab_size: int, causal: bool, recompute: str = "none"
+) -> list[Layer]:
+    """[Embedding, Block x n_layer, LayerNorm, LMHead, CrossEntropy]; causal or bidirectional,
+    the blocks under the `recompute` policy (mpipipe.layers.recompute)."""
     hidden = config.d_ff or 4 * config.d_model
     residual_std = config.init_std / math.sqrt(2 * config.n_layer)
     blocks = [
-        Block(config.d_model, config.n_head, hidden, causal, config.init_std, residual_std)
+        apply_recompute(
+            Block(config.d_model, config.n_head, hidden, causal, config.init_std, residual_std),
+            recompute,
+        )
         for _ in range(config.n_layer)
     ]
     return [

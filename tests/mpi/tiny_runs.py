@@ -45,10 +45,11 @@ def tiny_config(kind: str, schedule: str, pipeline: int, data_parallel: int, **o
     return config
 
 
-def pipelined_run(config: Config, comm, steps: int):
-    """Train `steps` steps on `comm`; returns (metrics rows, every rank's host params on root)."""
-    plan = plan_run(config, comm.Get_size(), comm.Get_rank())
-    trainer = Trainer(plan, comm=comm, backend=FLOAT64, out_dir=None, verbose=False)
+def pipelined_run(config: Config, comm, steps: int, backend: Backend = FLOAT64, model=None):
+    """Train `steps` steps on `comm` (of `model`, default the config's); returns (plan,
+    metrics rows, every rank's host params on root)."""
+    plan = plan_run(config, comm.Get_size(), comm.Get_rank(), model=model)
+    trainer = Trainer(plan, comm=comm, backend=backend, out_dir=None, verbose=False)
     rows = [trainer.train_step() for _ in range(steps)]
     gathered = comm.gather(trainer.store.host_params(), root=0)
     return plan, rows, gathered
