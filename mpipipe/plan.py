@@ -60,7 +60,9 @@ def plan_run(
     if batcher is None:
         batcher = build_batcher(config)
     if model is None:
-        model = build_model(config.model, data_vocab=batcher.vocab_size)
+        model = build_model(
+            config.model, data_vocab=batcher.vocab_size, recompute=config.runtime.recompute
+        )
     schedule = build_schedule(
         parallel.schedule, parallel.pipeline, parallel.microbatches, chunks=parallel.chunks
     )

@@ -8,10 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from mpipipe.config.load import load_config
 from mpipipe.config.schema import ModelConfig
 from mpipipe.layers import MLP, Attention, Block, LayerNorm, MicroBatch, Recomputed, apply_recompute
 from mpipipe.layers.memory import arrays_within, live_bytes
 from mpipipe.models import build_model, loss_and_grads
+from mpipipe.plan import plan_run
 
 from cupy_device import cupy, needs_gpu
 from oneline import one_line_error
@@ -207,3 +209,15 @@ def test_unknown_policy_is_one_line():
     one_line_error(lambda: build_model(SMALL, recompute="all"),
                    ["'all'", "use one of none, attention, block"])
 
+
+
+@pytest.mark.parametrize("policy", ["none", "attention", "block"])
+def test_the_run_plan_builds_the_model_with_the_configured_policy(policy):
+    config = load_config(None, ["data.source=random", f"runtime.recompute={policy}"])
+    model = plan_run(config, world_size=1, world_rank=0).model
+    blocks = [layer for layer in model.layers if layer.is_body]
+    assert blocks
+    assert all(isinstance(layer, Recomputed) == (policy == "block") for layer in blocks)
+    attentions = [layer.layer.sublayers["attn"] if isinstance(layer, Recomputed)
+                  else layer.sublayers["attn"] for layer in blocks]
+    assert all(attn.keep_probabilities == (policy != "attention") for attn in attentions)
