@@ -12,7 +12,7 @@ from mpipipe.checkpoint.schedule_identity import schedule_attributes, schedule_c
 from mpipipe.config.load import load_config
 from mpipipe.config.show import format_config
 from mpipipe.plan import plan_run
-from mpipipe.schedules import build_schedule, read_schedule_file
+from mpipipe.schedules import SCHEDULE_KINDS, build_schedule, read_schedule_file
 from mpipipe.schedules.csv_io import from_csv, to_csv
 from mpipipe.schedules.schedule_file import MAX_SCHEDULE_BYTES
 
@@ -70,7 +70,7 @@ def test_the_resolved_config_loads_back_from_another_folder(tmp_path, monkeypatc
 def test_config_show_lists_a_file_among_the_schedules():
     line = next(line for line in format_config(load_config(None)).splitlines()
                 if line.startswith("schedule = "))
-    assert line.endswith("| dualpipev | FILE.csv)")
+    assert line.endswith(f"({' | '.join(SCHEDULE_KINDS)} | FILE.csv)")
     assert "relative to the config file's folder" in line
 
 
