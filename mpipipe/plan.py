@@ -11,13 +11,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpipipe.config.schema import Config
+from mpipipe.config.schema import Config, ParallelConfig
 from mpipipe.config.validate import pipeline_degree, validate_config
 from mpipipe.data import build_batcher
+from mpipipe.errors import UsageError
 from mpipipe.models.model import Model, build_model
 from mpipipe.runtime.batch_source import MicroBatchSource
 from mpipipe.runtime.grid import ProcessGrid, make_grid
-from mpipipe.schedules import build_schedule, stages_reason
+from mpipipe.schedules import (
+    SCHEDULE_KINDS,
+    ScheduleError,
+    build_schedule,
+    read_schedule_file,
+    stages_reason,
+)
 from mpipipe.schedules.partition import partition_layers
 from mpipipe.schedules.schedule import Schedule
 
@@ -63,9 +70,7 @@ def plan_run(
         model = build_model(
             config.model, data_vocab=batcher.vocab_size, recompute=config.runtime.recompute
         )
-    schedule = build_schedule(
-        parallel.schedule, parallel.pipeline, parallel.microbatches, chunks=parallel.chunks
-    )
+    schedule, why_stages = choose_schedule(parallel, world_size)
     itemsize = np.dtype(config.runtime.dtype).itemsize
     costs = model.costs(config.data.microbatch_size, itemsize)
     stage_layers = partition_layers(
@@ -74,6 +79,41 @@ def plan_run(
         schedule.stages,
         parallel.partition,
         describe=model.kind,
-        why_stages=stages_reason(parallel.schedule, parallel.pipeline, parallel.chunks),
+        why_stages=why_stages,
     )
     return RunPlan(config, grid, model, schedule, stage_layers, batcher)
+
+
+def choose_schedule(parallel: ParallelConfig, world_size: int) -> tuple[Schedule, str]:
+    """The schedule this run uses, and where its stage count comes from (for the partitioner).
+
+    parallel.schedule names a generator, or a CSV file that every rank reads, validates
+    and dry-runs, and that must fit the layout: one row per pipeline rank, and
+    parallel.microbatches micro-batches.
+    """
+    name = parallel.schedule
+    if name in SCHEDULE_KINDS:
+        schedule = build_schedule(name, parallel.pipeline, parallel.microbatches, parallel.chunks)
+        return schedule, stages_reason(name, parallel.pipeline, parallel.chunks)
+    source = f"parallel.schedule {name!r}"
+    try:
+        schedule = read_schedule_file(name, source)
+    except ScheduleError as error:
+        if not error.report:
+            raise
+        raise UsageError(f"{error}; mpipipe schedule --from-csv {name} draws it") from None
+    if schedule.ranks != parallel.pipeline:
+        raise UsageError(
+            f"{source} has {schedule.ranks} rows, one per pipeline rank, but this run has "
+            f"{parallel.pipeline} pipeline ranks ({world_size} MPI ranks, parallel.data_parallel "
+            f"= {parallel.data_parallel}): launch {schedule.ranks * parallel.data_parallel} MPI "
+            f"ranks, or give a schedule of {parallel.pipeline} rows"
+        )
+    if schedule.microbatches != parallel.microbatches:
+        raise UsageError(
+            f"{source} runs {schedule.microbatches} micro-batches per step, but "
+            f"parallel.microbatches = {parallel.microbatches}: set parallel.microbatches = "
+            f"{schedule.microbatches}, or give a schedule with {parallel.microbatches}"
+        )
+    stages = f"{schedule.stages} stage" + ("s" if schedule.stages != 1 else "")
+    return schedule, f"the schedule in {name} has {stages}"

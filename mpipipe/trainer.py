@@ -117,6 +117,11 @@ class Trainer:
         # A resumed run keeps the metrics of the steps before its checkpoint.
         self.metrics = MetricsWriter(self.metrics_path, append=resuming)
         self.verbose = verbose and self.rank == 0
+        # Every metrics row names the schedule it ran: a generator or a file, and its ops.
+        self.schedule_record = {
+            "schedule": self.config.parallel.schedule,
+            "schedule_digest": plan.schedule.digest(),
+        }
 
     def train_step(self) -> dict:
         """One optimizer step; returns its metrics row (the same on every rank)."""
@@ -170,6 +175,7 @@ class Trainer:
             "window_s": stats.window_s,
             "peak_activations": stats.peak_activations,
             "applied": applied,
+            **self.schedule_record,
         }
 
     def run(self, steps: int | None = None, progress: Progress | None = None) -> list[dict]:
@@ -260,6 +266,8 @@ class Trainer:
         if self.metrics_path is not None:
             self._drop_metrics_from(loaded.step)
         self._say(f"resumed from {loaded.path} at step {loaded.step}")
+        if loaded.schedule_change:
+            self._say(loaded.schedule_change)
         if not loaded.same_data:
             self._say(
                 f"mpipipe: warning: the data settings differ from the checkpoint's, so the data "

@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 
 from mpipipe.checkpoint.folder import checkpoint_name
-from mpipipe.schedules import SCHEDULE_KINDS
+from mpipipe.schedules import SCHEDULE_KINDS, build_schedule
+from mpipipe.schedules.csv_io import to_csv
 
 from mpirun import EVERY_RANK_EXITS_ITSELF, REPO, job_processes, mpipipe_args, run_ranks
 
@@ -83,6 +84,30 @@ def token_file(tokens: np.ndarray) -> Callable:
         path = folder / "tokens.npy"
         np.save(path, tokens)
         return [TINY, "--set", "data.source=npy", "--set", f"data.path={path}"]
+
+    return arguments
+
+
+ONE_F_ONE_B_ROWS = [row for row in to_csv(build_schedule("1f1b", 2, 4)).splitlines()
+                    if row[:1].isdigit()]  # 2 ranks, 4 micro-batches: rank,op,op,...
+
+
+def schedule_file(content: str | bytes | None, *overrides: str) -> Callable:
+    """Train on 2 ranks with parallel.schedule = FOLDER/mine.csv holding `content`.
+
+    None: no such file; "folder": a folder of that name.
+    """
+
+    def arguments(folder: Path, checkpoint) -> list[str]:
+        path = folder / "mine.csv"
+        if content == "folder":
+            path.mkdir()
+        elif isinstance(content, str):
+            path.write_text(content)
+        elif content is not None:
+            path.write_bytes(content)
+        return [TINY, *RANDOM_DATA, "--set", f"parallel.schedule={path}",
+                "--set", "parallel.microbatches=4", *overrides]
 
     return arguments
 
@@ -141,7 +166,8 @@ CASES = [
     Case("missing-config-file", lambda folder, checkpoint: ["examples/no_such.toml"],
          "config file 'examples/no_such.toml' does not exist"),
     Case("misspelt-schedule", tiny("--set", "parallel.schedule=bitpip"),
-         f"is not one of {', '.join(SCHEDULE_KINDS)} (did you mean 'bitpipe'?)"),
+         f"is not one of {', '.join(SCHEDULE_KINDS)}, nor a file name ending in .csv "
+         "(did you mean 'bitpipe'?)"),
     Case("misspelt-recompute", tiny("--set", "runtime.recompute=blocks"),
          'runtime.recompute = "blocks" is not one of none, attention, block '
          "(did you mean 'block'?)"),
@@ -178,6 +204,33 @@ CASES = [
     Case("blocks-do-not-split",
          tiny(*RANDOM_DATA, "--set", "parallel.schedule=bitpipe", "--set", "model.n_layer=12"),
          "has 12 transformer blocks, which cannot be split evenly into 8 stages"),
+    # A schedule file (parallel.schedule = "mine.csv").
+    Case("schedule-ragged-row",
+         schedule_file("\n".join([ONE_F_ONE_B_ROWS[0], ONE_F_ONE_B_ROWS[1].rsplit(",", 3)[0]])),
+         "is missing from rank 1; 1B3 (backward of micro-batch 3 at stage 1 of the down pipe) "
+         "is missing from rank 1; rank 1 never starts the gradient sync", ranks=2),
+    Case("schedule-stage-no-rank-holds",
+         schedule_file("\n".join([ONE_F_ONE_B_ROWS[0], "1," + ",".join(
+             "2" + cell[1:] for cell in ONE_F_ONE_B_ROWS[1].split(",")[1:])])),
+         "mine.csv' line 2 cell 2: 2F0 is of stage 2, but no row has ops of stage 1", ranks=2),
+    Case("schedule-duplicated-op",
+         schedule_file("\n".join([ONE_F_ONE_B_ROWS[0].replace(",0F1,", ",0F1,0F1,"),
+                                  ONE_F_ONE_B_ROWS[1]])),
+         "0F1 runs twice (rank 0 step 1, rank 0 step 2) (0F1 on rank 0 is at line 1 cell 4)",
+         ranks=2),
+    Case("schedule-microbatches-disagree",
+         schedule_file("\n".join(ONE_F_ONE_B_ROWS), "--set", "parallel.microbatches=8"),
+         "runs 4 micro-batches per step, but parallel.microbatches = 8", ranks=2),
+    Case("schedule-rows-disagree", schedule_file("\n".join(ONE_F_ONE_B_ROWS)),
+         "has 2 rows, one per pipeline rank, but this run has 4 pipeline ranks"),
+    Case("schedule-file-missing", schedule_file(None), "mine.csv': no such file", ranks=2),
+    Case("schedule-file-is-a-folder", schedule_file("folder"), "mine.csv' is a folder",
+         ranks=2),
+    Case("schedule-file-binary", schedule_file(bytes(range(256))),
+         "mine.csv' is not UTF-8 text (byte 0 is NUL", ranks=2),
+    Case("schedule-file-utf16",
+         schedule_file(b"\xff\xfe" + "\n".join(ONE_F_ONE_B_ROWS).encode("utf-16-le")),
+         "mine.csv' is UTF-16 text; save it as UTF-8", ranks=2),
     # Data.
     Case("missing-token-file", tiny("--set", "data.source=npy", "--set", "data.path=none.npy"),
          "data.path 'none.npy'"),

@@ -34,7 +34,9 @@ from mpipipe.config.validate import validate_config
 from mpipipe.data import build_batcher
 from mpipipe.errors import UsageError
 from mpipipe.models.model import BUILDERS, build_model
-from mpipipe.schedules import SCHEDULE_KINDS
+from mpipipe.plan import plan_run
+from mpipipe.schedules import SCHEDULE_FILE_SUFFIX, SCHEDULE_KINDS, build_schedule
+from mpipipe.schedules.csv_io import from_csv, to_csv
 from mpipipe.schedules.partition import PARTITION_METHODS
 from mpipipe.tokens import MODEL_KINDS
 
@@ -62,11 +64,27 @@ def npy_batcher(tokens: np.ndarray, *overrides: str) -> Callable[[Path], None]:
     return trigger
 
 
+ONE_F_ONE_B = to_csv(build_schedule("1f1b", 2, 4))
+
+
+def planned_with_a_file(*overrides: str, world_size: int = 2) -> Callable[[Path], None]:
+    """Plan a run whose parallel.schedule is a 2-rank, 4-micro-batch CSV in tmp_path."""
+
+    def trigger(tmp_path: Path) -> None:
+        path = tmp_path / "mine.csv"
+        path.write_text(ONE_F_ONE_B)
+        config = load_config(None, [f"parallel.schedule={path}", "data.source=random",
+                                    "parallel.microbatches=4", *overrides])
+        plan_run(config, world_size, 0)
+
+    return trigger
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
     example: Callable[[Path], None]
-    message: str  # what `example` says, in full
+    message: str  # what `example` says, in full ({tmp_path} stands for the test's folder)
     phrase: str  # the part of the message that is written once in the package
     owner: tuple[str, str]  # (module, function) that raises it
     triggers: tuple[Callable[[Path], None], ...]  # each must raise it from `owner`
@@ -139,6 +157,28 @@ RULES = [
             lambda: use_parallel_hdf5("maybe"),
         ),
     ),
+    Rule(
+        "a schedule file has one row per pipeline rank",
+        planned_with_a_file(world_size=4),
+        "parallel.schedule '{tmp_path}/mine.csv' has 2 rows, one per pipeline rank, but this run "
+        "has 4 pipeline ranks (4 MPI ranks, parallel.data_parallel = 1): launch 2 MPI ranks, or "
+        "give a schedule of 4 rows",
+        "rows, one per pipeline rank",
+        ("plan.py", "choose_schedule"),
+        (planned_with_a_file("parallel.pipeline=1", world_size=1),
+         planned_with_a_file("parallel.data_parallel=2", world_size=2)),
+        (lambda: from_csv(ONE_F_ONE_B),),
+    ),
+    Rule(
+        "a schedule file runs parallel.microbatches micro-batches",
+        planned_with_a_file("parallel.microbatches=8"),
+        "parallel.schedule '{tmp_path}/mine.csv' runs 4 micro-batches per step, but "
+        "parallel.microbatches = 8: set parallel.microbatches = 4, or give a schedule with 8",
+        "micro-batches per step, but",
+        ("plan.py", "choose_schedule"),
+        (planned_with_a_file("parallel.microbatches=2"),),
+        (lambda: from_csv(ONE_F_ONE_B),),
+    ),
 ]
 IDS = [rule.name for rule in RULES]
 
@@ -155,7 +195,7 @@ def raise_site(trigger: Callable[[Path], None], tmp_path: Path) -> tuple[tuple[s
 @pytest.mark.parametrize("rule", RULES, ids=IDS)
 def test_the_rule_gives_its_one_line_message(rule, tmp_path):
     site, message = raise_site(rule.example, tmp_path)
-    assert message == rule.message
+    assert message == rule.message.replace("{tmp_path}", str(tmp_path))
     assert site == rule.owner
     assert "\n" not in message
 
@@ -198,6 +238,9 @@ def choices(section: type, key: str) -> tuple:
 def test_choices_are_the_tables_of_the_layers_that_implement_them():
     assert SCHEDULES is SCHEDULE_KINDS
     assert choices(ParallelConfig, "schedule") is SCHEDULE_KINDS
+    schedule_key = next(field for field in dataclasses.fields(ParallelConfig)
+                        if field.name == "schedule")
+    assert schedule_key.metadata["file_suffix"] is SCHEDULE_FILE_SUFFIX
     assert choices(ParallelConfig, "partition") is PARTITION_METHODS
     assert choices(ModelConfig, "kind") is MODEL_KINDS
     assert tuple(BUILDERS) == MODEL_KINDS

@@ -112,7 +112,7 @@ def test_all_prints_a_bubble_table(capsys):
         (["1f1b", "-D", "2", "-N", "2", "--cost", "1"], ["--cost"]),
         (["1f1b", "-D", "2", "-N", "2", "--format", "png"], ["--out"]),
         (["all", "-D", "2", "-N", "2", "--format", "csv"], ["table"]),
-        (["--from-csv", "/nonexistent/s.csv"], ["cannot read"]),
+        (["--from-csv", "/nonexistent/s.csv"], ["/nonexistent/s.csv: no such file"]),
     ],
 )
 def test_bad_command_lines(argv, words):

@@ -95,6 +95,17 @@ def test_missing_backward_is_named():
             "0F0,0SYNC,0B0\n1F0,1B0,1SYNC\n",
             ["0SYNC on rank 0 comes before that chunk's last backward 0B0"],
         ),
+        # A row cut short: the op it lacks and where the row is.
+        ("rank,ops\n0,0F0,0F1,0B0,0B1\n1,1F0,1B0,1F1\n",
+         ["1B1 (backward of micro-batch 1 at stage 1 of the down pipe) is missing from rank 1",
+          "rank 1's row is line 3"]),
+        # A stage no rank holds: the first op beyond the gap.
+        ("0F0,0B0\n2F0,2B0\n", ["line 2 cell 1: 2F0 is of stage 2, but no row has ops of stage "
+                                "1 of the down pipe"]),
+        # A repeated op is named where it stands, not taken for another micro-batch count.
+        ("# mpipipe schedule kind=1f1b ranks=2 microbatches=2\n0,0F0,0F1,0F1,0B0,0B1\n"
+         "1,1F0,1B0,1F1,1B1\n",
+         ["0F1 runs twice (rank 0 step 1, rank 0 step 2) (0F1 on rank 0 is at line 2 cell 4)"]),
     ],
 )
 def test_bad_csv_is_rejected_in_one_line(text, words):

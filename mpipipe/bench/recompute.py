@@ -23,8 +23,8 @@ from mpipipe.bench.gpt_step import HIDDEN, SEQ_LEN
 from mpipipe.config.schema import ModelConfig
 from mpipipe.layers.base import MicroBatch
 from mpipipe.layers.memory import live_bytes
-from mpipipe.layers.recompute import RECOMPUTE_POLICIES
 from mpipipe.models.model import build_model
+from mpipipe.recompute_policy import RECOMPUTE_POLICIES
 
 NO_CONTEXT = MicroBatch(tokens=None, targets=None, attention_mask=None, loss_normalizer=1.0)
 MIB = 2**20

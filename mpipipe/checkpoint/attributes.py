@@ -9,6 +9,8 @@
     data                     identity of the data order (source, path, seed, shapes)
     config                   the resolved config, as TOML (`mpipipe config show` form)
     schedule                 kind, pipeline ranks, micro-batches, data-parallel replicas
+    schedule_source          parallel.schedule: a generator, or a schedule file's path
+    schedule_digest          the ops' digest (Schedule.digest); see schedule_identity.py
     stage_layers             (stages, 2) array: each stage's [first, last + 1) layer
     dtype, model, parameters float type, model kind, logical parameter count
 
@@ -23,6 +25,7 @@ import numpy as np
 
 from mpipipe import __version__
 from mpipipe.checkpoint.layout import FORMAT_NAME, FORMAT_VERSION
+from mpipipe.checkpoint.schedule_identity import schedule_attributes
 from mpipipe.config.schema import Config
 from mpipipe.config.show import format_config, toml_value
 from mpipipe.plan import RunPlan
@@ -75,6 +78,7 @@ def root_attributes(plan: RunPlan, step: int, dtype) -> dict[str, object]:
         "data": data_identity(config),
         "config": format_config(config),
         "schedule": schedule_summary(plan),
+        **schedule_attributes(plan),
         "stage_layers": np.asarray(spans, dtype=np.int64).reshape(-1, 2),
         "dtype": np.dtype(dtype).name,
         "model": plan.model.kind,

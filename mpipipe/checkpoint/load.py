@@ -35,6 +35,7 @@ from mpipipe.checkpoint.layout import (
     state_dataset,
 )
 from mpipipe.checkpoint.save import RunState
+from mpipipe.checkpoint.schedule_identity import schedule_change
 from mpipipe.errors import UsageError
 
 _H5PY_REASON = re.compile(r"\(([^()]*)\)\s*$")
@@ -46,6 +47,7 @@ class LoadedCheckpoint:
     step: int
     data: str  # the data identity the checkpoint was trained with
     same_data: bool  # the run's data settings give the same order
+    schedule_change: str  # '' when the run has the checkpoint's ops, else a note
 
 
 @dataclass
@@ -177,6 +179,7 @@ def load_checkpoint(state: RunState, path: str) -> LoadedCheckpoint:
     store, optimizer = state.store, state.optimizer
     state_names = type(optimizer).STATE_NAMES
     with open_checkpoint(path) as file:
+        change = schedule_change(file.attrs, path, state.plan)
         _check_model(file, path, store.layout.shapes)
         _check_optimizer(file, path, state.plan.config.optim.name, state_names,
                          store.layout.shapes)
@@ -193,7 +196,7 @@ def load_checkpoint(state: RunState, path: str) -> LoadedCheckpoint:
         step_count = int(file[OPTIM_GROUP].attrs["step_count"])
         data = str(file.attrs.get("data", ""))
     optimizer.step_count = step_count
-    return LoadedCheckpoint(path, step, data, data == data_identity(state.plan.config))
+    return LoadedCheckpoint(path, step, data, data == data_identity(state.plan.config), change)
 
 
 def _check_model(file, path: str, shapes: dict) -> None:

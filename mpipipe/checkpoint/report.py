@@ -9,6 +9,7 @@ import h5py
 
 from mpipipe.checkpoint.layout import CHECKSUM_ATTRIBUTE, MODEL_GROUP, OPTIM_GROUP, checksum
 from mpipipe.checkpoint.load import datasets_in, open_checkpoint
+from mpipipe.checkpoint.schedule_identity import DIGEST_ATTRIBUTE, SOURCE_ATTRIBUTE
 
 
 @dataclass
@@ -35,7 +36,7 @@ def describe(path: str) -> str:
             f"model {attrs['model']}, {attrs['parameters']:,} parameters, {attrs['dtype']}; "
             f"optimizer {optim['name']} at step count {optim['step_count']}",
             f"data {attrs['data']}",
-            f"schedule {attrs['schedule']}",
+            f"schedule {attrs['schedule']}{_schedule_origin(attrs)}",
             "stage layers "
             + " ".join(f"{start}-{stop - 1}" for start, stop in attrs["stage_layers"]),
             "",
@@ -78,6 +79,12 @@ def verify(path: str) -> Verification:
                 checked += 1
                 nbytes += dataset.nbytes
     return Verification(path, checked, nbytes, problems)
+
+
+def _schedule_origin(attrs) -> str:
+    if SOURCE_ATTRIBUTE not in attrs:
+        return ""
+    return f", from {attrs[SOURCE_ATTRIBUTE]} (ops {attrs.get(DIGEST_ATTRIBUTE, 'unknown')})"
 
 
 def _datasets(file) -> list[h5py.Dataset]:

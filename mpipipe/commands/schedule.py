@@ -21,10 +21,11 @@ from mpipipe.commands import schedule_search
 from mpipipe.errors import UsageError
 from mpipipe.plots.schedule import draw_schedule
 from mpipipe.schedules import SCHEDULE_KINDS, check_constraints, plan, stage_count
-from mpipipe.schedules.csv_io import from_csv, to_csv
+from mpipipe.schedules.csv_io import to_csv
 from mpipipe.schedules.grid import ScheduleError
 from mpipipe.schedules.render import chrome_trace, timeline_text
 from mpipipe.schedules.schedule import Schedule
+from mpipipe.schedules.schedule_file import read_schedule_file
 from mpipipe.schedules.simulate import OpCosts, Simulation, simulate
 from mpipipe.schedules.torch_csv import to_torch_csv
 
@@ -115,12 +116,7 @@ def _load(args: argparse.Namespace, costs: OpCosts) -> Schedule:
                 "--from-csv: the CSV gives the kind, ranks and micro-batches; leave out KIND, "
                 "--ranks and --microbatches"
             )
-        try:
-            with open(args.from_csv, encoding="utf-8") as file:
-                text = file.read()
-        except OSError as error:
-            raise UsageError(f"--from-csv: cannot read {args.from_csv}: {error.strerror}") from None
-        return from_csv(text, source=args.from_csv)
+        return read_schedule_file(args.from_csv, source=args.from_csv)
     if not args.kind:
         raise UsageError(
             f"schedule: give a KIND ({', '.join(SCHEDULE_KINDS)}, {ALL} or {SEARCH}) or "

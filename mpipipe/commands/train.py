@@ -43,7 +43,9 @@ def register(subparsers) -> None:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override a config key, e.g. --set parallel.schedule=bitpipe (repeatable)",
+        help="override a config key, e.g. --set parallel.schedule=bitpipe (repeatable); a "
+        "schedule file here, --set parallel.schedule=mine.csv, is relative to the current "
+        "folder (in the config file, to the file's folder)",
     )
     parser.add_argument(
         "--out", default=None, help="run folder for metrics.jsonl, trace.json and checkpoints "
@@ -104,6 +106,7 @@ def run(args) -> int:
         abort_on_exception,
         agree_on_setup,
     )
+    from mpipipe.runtime.schedule_agreement import check_same_schedule
     from mpipipe.trainer import Trainer
 
     comm = MPI.COMM_WORLD
@@ -127,6 +130,7 @@ def run(args) -> int:
     with abort_on_exception(comm):
         try:
             plan = agree_on_setup(comm, setup)
+            agree_on_setup(comm, lambda: check_same_schedule(comm, plan))
         except SetupFailed:
             return EXIT_USAGE
         cuda_aware = resolve_cuda_aware(

@@ -3,8 +3,11 @@
 Every key is checked as it is applied: the section and key exist, the value
 has the key's type (an int is accepted for a float; bools are not ints;
 strings are not numbers), it is one of the key's choices and within its
-bounds. A problem raises `UsageError` with one line naming where it came from
-(the file or the --set argument), the key, the value and what would be right.
+bounds. A key that also takes a file (parallel.schedule's .csv) stores its
+path made absolute: relative to the config file's folder when the file gives
+it, to the current folder when --set does. A problem raises `UsageError`
+with one line naming where it came from (the file or the --set argument),
+the key, the value and what would be right.
 Cross-key constraints are `mpipipe.config.validate`'s job.
 """
 
@@ -38,11 +41,12 @@ def load_config(path: str | None, overrides: Iterable[str] = ()) -> Config:
     """Defaults, then the file at `path` (None: no file), then each override in order."""
     config = Config()
     if path is not None:
+        folder = os.path.dirname(os.path.abspath(path))
         for section, table in _read_toml(path).items():
-            _apply_section(config, section, table, origin=f"config file {path!r}")
+            _apply_section(config, section, table, f"config file {path!r}", folder)
     for override in overrides:
         section, key, value = parse_override(override)
-        _apply_value(config, section, key, value, origin=f"--set {override}")
+        _apply_value(config, section, key, value, f"--set {override}", os.getcwd())
     return config
 
 
@@ -90,7 +94,7 @@ def _describe_syntax_error(error: Exception) -> str:
             f"{match['what']}")
 
 
-def _apply_section(config: Config, section: str, table, origin: str) -> None:
+def _apply_section(config: Config, section: str, table, origin: str, folder: str) -> None:
     if section not in SECTIONS and not isinstance(table, dict):
         home = _section_of_key(section)
         where = f"put it under [{home}]" if home else f"keys go under [{'], ['.join(SECTIONS)}]"
@@ -102,10 +106,11 @@ def _apply_section(config: Config, section: str, table, origin: str) -> None:
         raise UsageError(f"{origin}: {section} = {_show(table)} must be a section: write "
                          f"[{section}] on its own line and its keys below it")
     for key, value in table.items():
-        _apply_value(config, section, key, value, origin)
+        _apply_value(config, section, key, value, origin, folder)
 
 
-def _apply_value(config: Config, section: str, key: str, value, origin: str) -> None:
+def _apply_value(config: Config, section: str, key: str, value, origin: str, folder: str) -> None:
+    """Check and set one key; `folder` is where a relative file path given here starts."""
     if section not in SECTIONS:
         raise UsageError(f"{origin}: unknown section {section!r}"
                          f"{did_you_mean(section, SECTIONS)}; sections are {', '.join(SECTIONS)}")
@@ -117,6 +122,8 @@ def _apply_value(config: Config, section: str, key: str, value, origin: str) -> 
     problem = _check_value(f"{section}.{key}", value, expected, key_fields[key].metadata)
     if problem:
         raise UsageError(f"{origin}: {problem}")
+    if _names_a_file(value, key_fields[key].metadata):
+        value = os.path.normpath(os.path.join(folder, value))
     setattr(getattr(config, section), key, float(value) if expected is float else value)
 
 
@@ -149,8 +156,10 @@ def _check_value(name: str, value, expected: type, metadata) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return f"{name} = {_show(value)} is not a finite number; give a finite value"
     choices = metadata.get("choices")
-    if choices and value not in choices:
-        return (f"{name} = {_show(value)} is not one of {', '.join(choices)}"
+    if choices and value not in choices and not _names_a_file(value, metadata):
+        suffix = metadata.get("file_suffix")
+        files = f", nor a file name ending in {suffix}" if suffix else ""
+        return (f"{name} = {_show(value)} is not one of {', '.join(choices)}{files}"
                 f"{did_you_mean(str(value), choices)}")
     minimum = metadata.get("minimum")
     if minimum is not None and value < minimum:
@@ -159,6 +168,17 @@ def _check_value(name: str, value, expected: type, metadata) -> str | None:
     if maximum is not None and value > maximum:
         return f"{name} = {_show(value)} is above the maximum {maximum} (use {maximum} or less)"
     return None
+
+
+def _names_a_file(value, metadata) -> bool:
+    """The value is a file name the key takes besides its choices (`option(file_suffix=...)`)."""
+    suffix = metadata.get("file_suffix")
+    return (
+        suffix is not None
+        and isinstance(value, str)
+        and value not in (metadata.get("choices") or ())
+        and value.lower().endswith(suffix)
+    )
 
 
 def _has_type(value, expected: type) -> bool:

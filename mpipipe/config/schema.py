@@ -12,17 +12,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mpipipe.backend import DEVICES, DTYPES
-from mpipipe.layers.recompute import RECOMPUTE_POLICIES
-from mpipipe.schedules import SCHEDULE_KINDS
+from mpipipe.recompute_policy import RECOMPUTE_POLICIES
+from mpipipe.schedules import SCHEDULE_FILE_SUFFIX, SCHEDULE_KINDS
 from mpipipe.schedules.partition import PARTITION_METHODS
 from mpipipe.tokens import MODEL_KINDS
 
 
 def option(
-    default, help: str, choices: tuple | None = None, minimum=None, maximum=None  # noqa: A002
+    default,
+    help: str,  # noqa: A002
+    choices: tuple | None = None,
+    minimum=None,
+    maximum=None,
+    file_suffix: str | None = None,
 ):
-    """A config key: default, one-line help, and the allowed values (bounds are inclusive)."""
-    metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum}
+    """A config key: default, one-line help, and the allowed values (bounds are inclusive).
+
+    `file_suffix`: besides its choices the key takes the path of a file whose name ends
+    so; a relative path in a config file is relative to that file's folder.
+    """
+    metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum,
+                "file_suffix": file_suffix}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -101,7 +111,11 @@ class ParallelConfig:
         0, "pipeline ranks D; 0: every MPI rank not used for data parallelism", minimum=0
     )
     data_parallel: int = option(1, "data-parallel replicas", minimum=1)
-    schedule: str = option("1f1b", "pipeline schedule", SCHEDULES)
+    schedule: str = option(
+        "1f1b", "pipeline schedule: a generator, or a schedule CSV (mpipipe's or PyTorch's; "
+        "relative to the config file's folder, or to the current folder in --set)",
+        SCHEDULES, file_suffix=SCHEDULE_FILE_SUFFIX,
+    )
     microbatches: int = option(4, "micro-batches N per step and replica", minimum=1)
     chunks: int = option(2, "interleaved: model chunks per rank", minimum=1)
     partition: str = option("uniform", "layers to stages: equal blocks, or balanced by cost",

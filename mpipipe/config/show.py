@@ -65,6 +65,9 @@ def format_config(config: Config) -> str:
 def _comment(key_field) -> str:
     metadata = key_field.metadata
     comment = metadata["help"]
-    if metadata.get("choices"):
-        comment += f" ({' | '.join(metadata['choices'])})"
+    choices = list(metadata.get("choices") or ())
+    if metadata.get("file_suffix"):
+        choices.append(f"FILE{metadata['file_suffix']}")
+    if choices:
+        comment += f" ({' | '.join(choices)})"
     return comment

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from mpipipe.config.schema import Config, ModelConfig
 from mpipipe.errors import UsageError
-from mpipipe.schedules import check_constraints
+from mpipipe.schedules import SCHEDULE_KINDS, check_constraints
 from mpipipe.tokens import BYTE_VOCAB_SIZE, special_tokens
 
 BYTE_SOURCES = ("stdlib", "text")
@@ -25,7 +25,8 @@ def validate_config(config: Config, world_size: int | None = None) -> None:
     pipeline = parallel.pipeline
     if pipeline == 0 and world_size is not None:
         pipeline = pipeline_degree(parallel.pipeline, parallel.data_parallel, world_size)
-    if pipeline > 0:  # 0 without a world size: decided at launch
+    # 0 without a world size: decided at launch. A schedule file is checked when it is read.
+    if pipeline > 0 and parallel.schedule in SCHEDULE_KINDS:
         check_constraints(parallel.schedule, pipeline, parallel.microbatches, parallel.chunks)
     if world_size is not None:
         _check_world_size(pipeline, parallel.data_parallel, world_size)

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpipipe.errors import UsageError, did_you_mean
+from mpipipe.errors import did_you_mean
 from mpipipe.layers.attention import Attention
 from mpipipe.layers.base import Layer, LayerCost, MicroBatch
 from mpipipe.layers.composite import Composite
-
-RECOMPUTE_POLICIES = ("none", "attention", "block")
+from mpipipe.recompute_policy import RECOMPUTE_POLICIES
 
 
 @dataclass(eq=False)
@@ -94,8 +93,8 @@ def sublayers_within(layer: Layer) -> Iterator[Layer]:
 def apply_recompute(layer: Layer, policy: str) -> Layer:
     """`layer` under a recomputation policy: wrapped for "block"; for "attention", the
     same layer with every Attention inside it set to drop its probabilities."""
-    if policy not in RECOMPUTE_POLICIES:
-        raise UsageError(
+    if policy not in RECOMPUTE_POLICIES:  # runtime.recompute's choices say so to users
+        raise ValueError(
             f"recompute: unknown policy {policy!r}{did_you_mean(policy, RECOMPUTE_POLICIES)} "
             f"(use one of {', '.join(RECOMPUTE_POLICIES)})"
         )

@@ -22,12 +22,14 @@ from mpipipe.schedules.one_f_one_b import one_f_one_b_schedule
 from mpipipe.schedules.partition import partition_layers
 from mpipipe.schedules.planner import PLANNERS
 from mpipipe.schedules.schedule import Placement, Schedule
+from mpipipe.schedules.schedule_file import SCHEDULE_FILE_SUFFIX, read_schedule_file
 from mpipipe.schedules.simulate import OpCosts, Simulation, simulate
 from mpipipe.schedules.validate import validate
 from mpipipe.schedules.zb_h1 import zb_h1_schedule
 from mpipipe.schedules.zb_v import zb_v_schedule
 
 __all__ = [
+    "SCHEDULE_FILE_SUFFIX",
     "SCHEDULE_KINDS",
     "LoweredOp",
     "OpCosts",
@@ -44,6 +46,7 @@ __all__ = [
     "message_tag",
     "partition_layers",
     "plan",
+    "read_schedule_file",
     "simulate",
     "stage_count",
     "stages_reason",

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from mpipipe.errors import UsageError
 from mpipipe.schedules.building import with_eager_syncs
 from mpipipe.schedules.grid import ScheduleError
-from mpipipe.schedules.ops import Op, OpType, chunk_name
+from mpipipe.schedules.ops import Op, OpType, chunk_name, pipe_name
 from mpipipe.schedules.schedule import Placement, Schedule
 from mpipipe.schedules.torch_csv import Message, check_messages, read_cell
 from mpipipe.schedules.validate import validate
@@ -55,6 +55,7 @@ def to_csv(schedule: Schedule) -> str:
 @dataclass
 class _Row:
     label: int | None  # the rank in the first column, if the row has one
+    line: int  # where the row is in the file
     ops: list[Op] = field(default_factory=list)
     places: list[str] = field(default_factory=list)  # per op: "line 3 cell 5"
     messages: list[tuple[Message, Op | None, str]] = field(default_factory=list)
@@ -99,7 +100,7 @@ def from_csv(text: str, source: str = "schedule CSV") -> Schedule:
     try:
         validate(schedule)
     except ScheduleError as error:
-        message = _located(error, ops, places, source)
+        message = _located(error, ops, places, [row.line for row in rows], source)
         raise ScheduleError(message, error.report, error.cells) from None
     check_messages(schedule, [row.messages for row in rows], source)
     return schedule
@@ -118,7 +119,7 @@ def _read_rows(text: str, source: str) -> tuple[dict[str, str], list[_Row]]:
         if cells[0].lower() == "rank":
             continue
         match = _RANK_LABEL.match(cells[0])
-        row = _Row(int(match[1]) if match else None)
+        row = _Row(int(match[1]) if match else None, line_number)
         for column, cell in enumerate(cells[1:] if match else cells, start=2 if match else 1):
             if not cell:
                 continue
@@ -138,11 +139,14 @@ def _read_rows(text: str, source: str) -> tuple[dict[str, str], list[_Row]]:
 
 
 def _infer_microbatches(ops: list[list[Op]]) -> int:
-    """The number of forwards most stages run (so one stray or missing op stands out)."""
-    forwards = Counter(op.stage for rank_ops in ops for op in rank_ops if op.type is OpType.FORWARD)
+    """How many micro-batches most stages run a forward of (so a stray op stands out)."""
+    forwards = {
+        (op.stage, op.microbatch) for rank_ops in ops for op in rank_ops
+        if op.type is OpType.FORWARD
+    }
     if not forwards:
         return 1 + max((op.microbatch for rank_ops in ops for op in rank_ops), default=-1)
-    stages_with = Counter(forwards.values())
+    stages_with = Counter(Counter(stage for stage, _ in forwards).values())
     return max(stages_with, key=lambda count: (stages_with[count], count))
 
 
@@ -153,15 +157,20 @@ def _realign(places: list[str], ops: list[Op]) -> list[str | None]:
 
 
 def _located(
-    error: ScheduleError, ops: list[list[Op]], places: list[list[str | None]], source: str
+    error: ScheduleError,
+    ops: list[list[Op]],
+    places: list[list[str | None]],
+    lines: list[int],
+    source: str,
 ) -> str:
-    """The validator's message, naming the file and where its marked ops stand in it."""
+    """The validator's message, naming the file and where its marked ops and rows stand in it."""
     notes = []
     for rank, step in error.cells[:_LOCATED_CELLS]:
         place = places[rank][step]
         op = ops[rank][step]
         notes.append(f"{op} on rank {rank} is at {place}" if place
                      else f"{op} on rank {rank} was added by the reader")
+    notes += [f"rank {rank}'s row is line {lines[rank]}" for rank in error.rows]
     return f"{source}: {error}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
@@ -214,4 +223,23 @@ def _infer_placement(rows: list[_Row], source: str) -> Placement:
                     f"{source} {place}: {chunk_name(op)} has ops on ranks {owner} and "
                     f"{rank} ({op} on rank {rank}); each (pipe, stage) must live on one rank"
                 )
-    return Placement.from_chunks(len(rows), rank_of_chunk)
+    placement = Placement.from_chunks(len(rows), rank_of_chunk)
+    _check_every_stage_held(rows, placement, source)
+    return placement
+
+
+def _check_every_stage_held(rows: list[_Row], placement: Placement, source: str) -> None:
+    """Stages are 0..S-1: an op of a stage beyond one that no row has ops of is named."""
+    first_unheld = {
+        pipe: next(stage for stage in range(placement.stages + 1)
+                   if (pipe, stage) not in placement.rank_of_chunk)
+        for pipe in range(placement.pipes)
+    }
+    for row in rows:
+        for op, place in zip(row.ops, row.places, strict=True):
+            if op.stage > first_unheld[op.pipe]:
+                raise UsageError(
+                    f"{source} {place}: {op} is of stage {op.stage}, but no row has ops of "
+                    f"stage {first_unheld[op.pipe]} of the {pipe_name(op.pipe)} pipe; a "
+                    "schedule's stages are 0..S-1, each held by the rank whose row has its ops"
+                )

@@ -15,13 +15,21 @@ from mpipipe.schedules.ops import Op
 class ScheduleError(UsageError):
     """A schedule that cannot run: wrong ops, wrong ranks, or a deadlock.
 
-    `cells` are the (rank, step) positions the message is about, in its order.
+    `cells` are the (rank, step) positions the message is about, in its order;
+    `rows` the ranks it names without a cell (an op missing from them).
     """
 
-    def __init__(self, message: str, report: str = "", cells: tuple[tuple[int, int], ...] = ()):
+    def __init__(
+        self,
+        message: str,
+        report: str = "",
+        cells: tuple[tuple[int, int], ...] = (),
+        rows: tuple[int, ...] = (),
+    ):
         super().__init__(message)
         self.report = report
         self.cells = cells
+        self.rows = rows
 
 
 def step_grid(ops: list[list[Op]], marks: dict[tuple[int, int], str] | None = None) -> str:

@@ -7,6 +7,7 @@ arrays, so it can be validated, simulated and drawn anywhere.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from mpipipe.schedules.ops import Op, OpType
@@ -64,6 +65,14 @@ class Schedule:
     def split_backward(self) -> bool:
         """True when some backwards are split into I and W ops (zero bubble, DualPipeV)."""
         return any(op.type is OpType.BACKWARD_INPUT for rank_ops in self.ops for op in rank_ops)
+
+    def digest(self) -> str:
+        """16 hex digits of the SHA-256 of every rank's ops in order: equal digests, same ops.
+
+        Ops only: the kind, comments and spacing of a CSV do not change it.
+        """
+        text = "\n".join(",".join(str(op) for op in rank_ops) for rank_ops in self.ops)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def pipe_of_microbatch(self) -> dict[int, int]:
         """Which pipe carries each micro-batch (read from its first-stage forward)."""

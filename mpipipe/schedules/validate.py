@@ -35,7 +35,8 @@ def check_ops(schedule: Schedule) -> None:
             f"but {schedule.ranks} pipeline ranks"
         )
     pipe_of = _pipe_of_microbatch(schedule)
-    problems: list[tuple[tuple[int, int] | None, str]] = []  # (cell, what is wrong)
+    # (cell, what is wrong); a cell (rank, None) is a rank's whole row (an op missing from it)
+    problems: list[tuple[tuple[int, int | None] | None, str]] = []
     seen: dict[Op, tuple[int, int]] = {}
     for rank, rank_ops in enumerate(schedule.ops):
         for step, op in enumerate(rank_ops):
@@ -55,11 +56,13 @@ def check_ops(schedule: Schedule) -> None:
         shown = "; ".join(text for _, text in problems[:_SHOWN_PROBLEMS])
         more = len(problems) - _SHOWN_PROBLEMS
         suffix = f" (and {more} more problems)" if more > 0 else ""
-        marks = {cell: text for cell, text in problems if cell is not None}
+        marks = {cell: text for cell, text in problems if cell is not None and cell[1] is not None}
+        rows = [cell[0] for cell, _ in problems[:_SHOWN_PROBLEMS] if cell and cell[1] is None]
         raise ScheduleError(
             f"{schedule.kind} schedule is invalid: {shown}{suffix}",
             step_grid(schedule.ops, marks),
             tuple(marks),
+            tuple(dict.fromkeys(rows)),
         )
 
 
@@ -107,7 +110,7 @@ def _missing_problems(
             else:
                 needed = [forward, whole]
             problems += [
-                (None, f"{op} ({_describe(op)}) is missing from {_holder(schedule, op)}")
+                (_row(schedule, op), f"{op} ({_describe(op)}) is missing {_from(schedule, op)}")
                 for op in needed
                 if op not in seen
             ]
@@ -115,16 +118,22 @@ def _missing_problems(
                 problems.append((seen[halves[0]], f"{whole} and {halves[0]} both run: a backward "
                                                   "is one B, or one I and one W"))
             if either:  # a schedule mixing B with I and W: either would do here
-                problems.append((None, f"the backward of micro-batch {microbatch} at "
-                                       f"{chunk_name(whole)} ({whole}, or {first_half} and "
-                                       f"{second_half}) is missing from "
-                                       f"{_holder(schedule, whole)}"))
+                problems.append((_row(schedule, whole),
+                                 f"the backward of micro-batch {microbatch} at "
+                                 f"{chunk_name(whole)} ({whole}, or {first_half} and "
+                                 f"{second_half}) is missing {_from(schedule, whole)}"))
     return problems
 
 
-def _holder(schedule: Schedule, op: Op) -> str:
+def _from(schedule: Schedule, op: Op) -> str:
     holder = schedule.placement.rank_of_chunk.get(op.chunk)
-    return f"rank {holder}" if holder is not None else "no rank holds that stage"
+    return f"from rank {holder}" if holder is not None else "(no rank holds that stage)"
+
+
+def _row(schedule: Schedule, op: Op) -> tuple[int, None] | None:
+    """The row of the rank an op is missing from, if some rank holds its chunk."""
+    holder = schedule.placement.rank_of_chunk.get(op.chunk)
+    return None if holder is None else (holder, None)
 
 
 def _sync_problems(schedule: Schedule) -> list:
@@ -144,8 +153,8 @@ def _sync_problems(schedule: Schedule) -> list:
             )
             if not steps:
                 problems.append(
-                    (None, f"rank {rank} never starts the gradient sync of {chunk_name(sync)}: "
-                           f"add {sync} after its last backward")
+                    ((rank, None), f"rank {rank} never starts the gradient sync of "
+                                   f"{chunk_name(sync)}: add {sync} after its last backward")
                 )
             elif steps[0] < last_backward:
                 problems.append(
