@@ -59,9 +59,14 @@ def test_withheld_message_fires_the_watchdog_naming_op_and_peer(tmp_path):
     watchdog = [line for line in result.stderr.splitlines() if "watchdog on rank" in line]
     assert watchdog, result.stderr[-2000:]
     # Rank 1 withheld its first send of step 1, the activation of stage 1 for micro-batch 0:
-    # rank 2 waits for it at op 2F0, and rank 3 waits at 3F0 for what rank 2 cannot send.
-    # Whichever of the two times out first names its op and the peer it waits on.
-    blocked_chain = ("activation for op 2F0 from rank 1", "activation for op 3F0 from rank 2")
+    # rank 2 waits for it at op 2F0, and rank 3 waits at 3F0 for what rank 2 cannot send;
+    # in BitPipe's up pipe rank 1 then waits at u2F3 for stuck rank 2, and rank 0 at u3F3
+    # for rank 1. Every rank ends up waiting; whichever times out first (the machine's load
+    # decides) names its op and the peer it waits on.
+    blocked_chain = (
+        "activation for op 2F0 from rank 1", "activation for op 3F0 from rank 2",
+        "activation for op u2F3 from rank 2", "activation for op u3F3 from rank 1",
+    )
     assert any(link in watchdog[0] for link in blocked_chain), watchdog[0]
     assert "flight recorder" in result.stderr and "step 1 " in result.stderr
 

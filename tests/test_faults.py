@@ -54,8 +54,9 @@ TINY = [
     "--set", "data.source=random", "--set", "parallel.schedule=bitpipe",
     "--set", "runtime.dtype=float64", "--set", "runtime.trace=false",
 ]
+# Lazy: two ranks' watchdog messages can arrive on one line of mpirun's stderr.
 WATCHDOG_LINE = re.compile(
-    r"watchdog on rank (\d+): .* while waiting for (?:activation|gradient) for op (\S+) "
+    r"watchdog on rank (\d+): .*? while waiting for (?:activation|gradient) for op (\S+) "
     r"from rank (\d+)"
 )
 
