@@ -3,21 +3,31 @@
 `run_ranks` wraps every rank so it reports its own exit code on stderr
 ("mpipipe-test: rank R exit C"), which lets a test prove that EVERY rank
 ended non-zero, not only that mpirun did.
+
+The timeout only keeps a hung job from hanging the suite: no test reads
+speed into it. How a job ended (each rank's exit code, the watchdog's line
+or its absence) is what shows whether it stopped by itself.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MPIRUN = REPO / "jobs" / "local" / "mpirun.sh"
 EXIT_LINE = re.compile(r"mpipipe-test: rank (\d+) exit (\d+)")
+# Far beyond any of the tests' jobs on a loaded 2-core machine (the slowest take seconds).
+HANG_GUARD_S = 120
 
 # Keeps Open MPI's mpirun from killing the other ranks when the first one exits
 # non-zero, so a test sees each rank's own exit code.
@@ -48,7 +58,8 @@ class JobResult:
 
 def rank_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment for a test job: one BLAS thread, progress as log lines, `env`."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MPIPIPE_PROGRESS": "log", **(env or {})}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+            "MPIPIPE_PROGRESS": "log", **(env or {})}
 
 
 def rank_command(ranks: int, args: list[str]) -> list[str]:
@@ -62,7 +73,7 @@ def rank_command(ranks: int, args: list[str]) -> list[str]:
 def run_ranks(
     ranks: int,
     args: list[str],
-    timeout: float = 120,
+    timeout: float = HANG_GUARD_S,
     env: dict[str, str] | None = None,
     cwd: Path | str = REPO,
 ) -> JobResult:
@@ -92,6 +103,28 @@ def end_job(job: subprocess.Popen) -> None:
     if job.poll() is None:
         job.kill()
         job.communicate()
+
+
+def wait_until(condition: Callable[[], bool], job: subprocess.Popen, what: str,
+               timeout: float = HANG_GUARD_S) -> None:
+    """Poll `condition` while the background `job` runs; fail (ending the job) if it ends first
+    or the condition never comes true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if job.poll() is not None or time.monotonic() > deadline:
+            job.kill()
+            stdout, stderr = job.communicate()
+            pytest.fail(f"{what} did not happen:\n{stdout[-1500:]}\n{stderr[-1500:]}")
+        time.sleep(0.1)
+
+
+def written_rows(run_dir: Path) -> list[dict]:
+    """The rows of a running job's metrics.jsonl, without a line still being written."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines(keepends=True)
+            if line.endswith("\n")]
 
 
 def mpipipe_args(*args: str) -> list[str]:

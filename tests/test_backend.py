@@ -88,8 +88,50 @@ def test_auto_cuda_aware_follows_the_library(monkeypatch):
     assert cuda_aware.resolve_cuda_aware("auto", True, "MPICH Version: 3.4a2 (Cray)")
 
 
-def test_this_machines_open_mpi_is_not_cuda_aware():
-    """Debian's Open MPI is built without CUDA: the real query must say so."""
-    from mpi4py import MPI
+# (library version, environment switches set, Open MPI's MPIX_Query_cuda_support answer,
+#  ompi_info's answer, the decision); None: that source cannot answer.
+LIBRARY_CASES = [
+    ("Open MPI v4.1.4", {}, True, False, True),
+    ("Open MPI v4.1.4", {}, False, True, False),  # the loaded library's own answer wins
+    ("Open MPI v4.1.4", {}, None, True, True),  # no query in the library: ompi_info decides
+    ("Open MPI v4.1.4", {}, None, False, False),
+    ("Open MPI v4.1.4", {}, None, None, False),  # nobody says yes: stage through the host
+    ("MPICH Version: 4.0", {}, True, True, False),  # only Open MPI is asked
+    ("MPICH Version: 3.4a2 (Cray)", {"MPICH_GPU_SUPPORT_ENABLED": "1"}, None, None, True),
+    ("MVAPICH2 Version 2.3.7", {"MV2_USE_CUDA": "1"}, None, None, True),
+    ("Intel(R) MPI Library 2021.9", {"I_MPI_OFFLOAD": "1"}, None, None, True),
+    ("Intel(R) MPI Library 2021.9", {"I_MPI_OFFLOAD": "0"}, None, None, False),
+]
 
-    assert not cuda_aware.mpi_is_cuda_aware(MPI.Get_library_version())
+
+@pytest.mark.parametrize(("library", "switches", "query", "ompi_info", "expected"),
+                         LIBRARY_CASES)
+def test_cuda_aware_decision_from_the_library_and_the_environment(
+    monkeypatch, library, switches, query, ompi_info, expected
+):
+    for name in cuda_aware.ENVIRONMENT_SWITCHES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in switches.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cuda_aware, "_open_mpi_query", lambda: query)
+    monkeypatch.setattr(cuda_aware, "_ompi_info_says_cuda", lambda: ompi_info)
+    assert cuda_aware.mpi_is_cuda_aware(library) is expected
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("mca:mpi:base:param:mpi_built_with_cuda_support:value:true", True),
+    ("mca:mpi:base:param:mpi_built_with_cuda_support:value:false", False),
+    ("mca:btl:smcuda:param:btl_smcuda_use_cuda_ipc:value:true", False),
+])
+def test_ompi_info_answer_comes_from_its_parsable_output(tmp_path, monkeypatch, line, expected):
+    stub = tmp_path / "ompi_info"
+    stub.write_text(f"#!/bin/sh\necho 'mca:mpi:base:param:mpi_show_handle_leaks:value:false'\n"
+                    f"echo '{line}'\n")
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert cuda_aware._ompi_info_says_cuda() is expected
+
+
+def test_without_ompi_info_there_is_no_answer(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no ompi_info on PATH
+    assert cuda_aware._ompi_info_says_cuda() is None

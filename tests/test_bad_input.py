@@ -2,14 +2,16 @@
 
 Config, layout, data, checkpoint, run folder and device mistakes each must
 give one `mpipipe: error` line, printed once, a non-zero exit on every rank,
-the whole job gone within LIMIT_S, and no process of the job left behind.
+the whole job ending by itself, and no process of the job left behind.
 
 Each case runs twice. As users run it: mpirun's own exit code is non-zero
 and stderr holds the message exactly once, without a traceback. With Open
 MPI's abort-on-failure turned off, so that mpirun kills no rank for the
 others (and itself exits 0): every rank reports its own exit code 2, which
-proves that each one stopped by itself and none hung. The seconds of both
-runs are recorded as the case's properties (see them with
+proves that each one stopped by itself and none hung (a watchdog's end would
+be exit 3; a rank that hung would never report, and after HANG_GUARD_S, far
+beyond any case's time on a loaded machine, the test ends it and fails).
+The seconds of both runs are recorded as the case's properties (see them with
 `pytest -o junit_family=legacy --junitxml=FILE`).
 """
 
@@ -32,9 +34,15 @@ from mpipipe.checkpoint.folder import checkpoint_name
 from mpipipe.schedules import SCHEDULE_KINDS, build_schedule
 from mpipipe.schedules.csv_io import to_csv
 
-from mpirun import EVERY_RANK_EXITS_ITSELF, REPO, job_processes, mpipipe_args, run_ranks
+from mpirun import (
+    EVERY_RANK_EXITS_ITSELF,
+    HANG_GUARD_S,
+    REPO,
+    job_processes,
+    mpipipe_args,
+    run_ranks,
+)
 
-LIMIT_S = 20
 EXIT_USAGE = 2
 TINY = "examples/gpt_tiny.toml"
 RANDOM_DATA = ["--set", "data.source=random"]
@@ -265,7 +273,7 @@ CASES = [
 def good_checkpoint(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("saved") / "run"
     result = run_ranks(4, mpipipe_args("train", *SMALL, "--set", "train.steps=1",
-                                       "--out", str(run_dir)), timeout=120)
+                                       "--out", str(run_dir)))
     assert result.returncode == 0, result.stderr[-2000:]
     return run_dir / "checkpoints" / checkpoint_name(1)
 
@@ -275,13 +283,13 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def run_case(case: Case, args: list[str], marker: str, env: dict[str, str]):
-    """Run the job; if it outlives LIMIT_S, end what it left behind and fail."""
+    """Run the job; if it hangs, end what it left behind and fail."""
     try:
-        return run_ranks(case.ranks, args, timeout=LIMIT_S, env={**case.env, **env})
+        return run_ranks(case.ranks, args, env={**case.env, **env})
     except subprocess.TimeoutExpired:
         for process in job_processes(marker):
             os.kill(process.pid, signal.SIGKILL)
-        pytest.fail(f"{case.name}: the job was still running after {LIMIT_S} s")
+        pytest.fail(f"{case.name}: the job hangs (still running after {HANG_GUARD_S} s)")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

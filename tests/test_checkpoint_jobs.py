@@ -10,25 +10,25 @@ Bad checkpoint files given to --resume are in the bad-input catalogue
 (test_bad_input.py).
 """
 
-import json
 import os
 import signal
 import subprocess
 import time
 import uuid
 
-import pytest
-
 from mpipipe.checkpoint.folder import PARTIAL_SUFFIX, checkpoint_name
 
 from mpirun import (
     EVERY_RANK_EXITS_ITSELF,
+    HANG_GUARD_S,
     JobResult,
     end_job,
     mpipipe_args,
     rank_pids,
     run_ranks,
     start_ranks,
+    wait_until,
+    written_rows,
 )
 
 TINY = [
@@ -44,29 +44,11 @@ def train(run_dir, *extra) -> list[str]:
     return mpipipe_args("train", *TINY, "--out", str(run_dir), *extra)
 
 
-def metrics(run_dir) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines(keepends=True)
-            if line.endswith("\n")]
-
-
 def start_job(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     """Start a 4-rank job in the background; returns it and the marker its ranks carry."""
     marker = uuid.uuid4().hex
     job = start_ranks(4, args, env={**EVERY_RANK_EXITS_ITSELF, JOB_MARKER: marker, **env})
     return job, marker
-
-
-def wait_for(condition, job, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if job.poll() is not None or time.monotonic() > deadline:
-            job.kill()
-            stdout, stderr = job.communicate()
-            pytest.fail(f"{what} did not happen:\n{stdout[-1500:]}\n{stderr[-1500:]}")
-        time.sleep(0.1)
 
 
 def test_sigkill_in_the_middle_of_a_save_resumes_from_the_previous_checkpoint(tmp_path):
@@ -76,25 +58,25 @@ def test_sigkill_in_the_middle_of_a_save_resumes_from_the_previous_checkpoint(tm
     partial = folder / (checkpoint_name(4) + PARTIAL_SUFFIX)
     job, marker = start_job(args, {"MPIPIPE_FAULT": "pause-in-save,rank=1,step=4"})
     try:
-        wait_for(partial.exists, job, "the save of step 4")
+        wait_until(partial.exists, job, "the save of step 4")
         time.sleep(0.5)  # rank 1 is held in the save; the others wait for it
         pids = rank_pids(marker)
         assert sorted(pids) == [0, 1, 2, 3]
         for pid in pids.values():
             os.kill(pid, signal.SIGKILL)
-        job.communicate(timeout=60)
+        job.communicate(timeout=HANG_GUARD_S)
     finally:
         end_job(job)
     assert sorted(os.listdir(folder)) == [checkpoint_name(2), partial.name]
-    before_crash = metrics(run_dir)
+    before_crash = written_rows(run_dir)
     assert [row["step"] for row in before_crash] == [0, 1, 2, 3]
 
-    result = run_ranks(4, [*args, "--resume", "latest"], timeout=120)
+    result = run_ranks(4, [*args, "--resume", "latest"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resumed from {folder / checkpoint_name(2)} at step 2" in result.stdout
     assert f"removed {partial}" in result.stdout
     assert sorted(os.listdir(folder)) == [checkpoint_name(step) for step in (2, 4, 6)]
-    after = metrics(run_dir)
+    after = written_rows(run_dir)
     assert [row["step"] for row in after] == list(range(6))
     assert [row["loss"] for row in after[:4]] == [row["loss"] for row in before_crash]
 
@@ -104,19 +86,18 @@ def test_sigterm_on_one_rank_saves_and_every_rank_exits_75_then_resumes(tmp_path
     args = train(run_dir, "--set", "train.steps=100000")
     job, marker = start_job(args, {})
     try:
-        wait_for(lambda: len(metrics(run_dir)) >= 2, job, "two training steps")
+        wait_until(lambda: len(written_rows(run_dir)) >= 2, job, "two training steps")
         os.kill(rank_pids(marker)[2], signal.SIGTERM)
-        stdout, stderr = job.communicate(timeout=60)
+        stdout, stderr = job.communicate(timeout=HANG_GUARD_S)
     finally:
         end_job(job)
     exits = JobResult(job.returncode, stdout, stderr, 0.0).rank_exits
     assert exits == {0: 75, 1: 75, 2: 75, 3: 75}, stderr[-2000:]
-    step = len(metrics(run_dir))
+    step = len(written_rows(run_dir))
     assert os.listdir(run_dir / "checkpoints") == [checkpoint_name(step)]
     assert "stopped on request (SIGTERM)" in stdout
 
-    result = run_ranks(4, [*args, "--set", f"train.steps={step + 2}", "--resume", "latest"],
-                       timeout=120)
+    result = run_ranks(4, [*args, "--set", f"train.steps={step + 2}", "--resume", "latest"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"at step {step}" in result.stdout
-    assert [row["step"] for row in metrics(run_dir)] == list(range(step + 2))
+    assert [row["step"] for row in written_rows(run_dir)] == list(range(step + 2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import random
 import typing
@@ -202,14 +203,41 @@ def test_invalid_combination_names_the_keys(overrides, world_size, fragments):
     )
 
 
-@pytest.mark.parametrize(("overrides", "world_size"), [
-    ([], None),
-    ([], 1),
-    (["model.kind=bert", "model.vocab_size=258"], None),
-    (["model.kind=bert", "model.vocab_size=3", "data.source=random"], None),
-    (["data.source=npy", "model.vocab_size=2"], None),
-    (["parallel.schedule=bitpipe", "parallel.pipeline=4", "parallel.microbatches=8",
-      "parallel.data_parallel=2"], 8),
-])
-def test_valid_combination_passes(overrides, world_size):
-    validate_config(load_config(None, overrides), world_size=world_size)
+# Each rule at its edge: (overrides and world size it accepts, the same one step beyond,
+#  the key the refusal names).
+EDGES = [
+    (([], None), (["model.n_head=3"], None), "model.d_model"),  # the defaults
+    (([], 1), (["model.vocab_size=255"], 1), "model.vocab_size"),
+    ((["parallel.data_parallel=2"], 4), (["parallel.data_parallel=3"], 4),
+     "parallel.data_parallel"),
+    ((["parallel.pipeline=2"], 2), (["parallel.pipeline=2"], 3), "parallel.pipeline"),
+    ((["model.d_model=96", "model.n_head=8"], None),
+     (["model.d_model=100", "model.n_head=8"], None), "model.d_model"),
+    ((["model.kind=bert", "model.vocab_size=258"], None),
+     (["model.kind=bert", "model.vocab_size=257"], None), "model.vocab_size"),
+    ((["model.kind=bert", "model.vocab_size=3", "data.source=random"], None),
+     (["model.kind=bert", "model.vocab_size=2", "data.source=random"], None), "model.vocab_size"),
+    # An .npy file's token ids are checked when it is opened; bytes need 256 ids up front.
+    ((["data.source=npy", "model.vocab_size=2"], None),
+     (["data.source=text", "model.vocab_size=2"], None), "model.vocab_size"),
+    ((["parallel.schedule=bitpipe", "parallel.pipeline=4", "parallel.microbatches=8",
+       "parallel.data_parallel=2"], 8),
+     (["parallel.schedule=bitpipe", "parallel.pipeline=4", "parallel.microbatches=8",
+       "parallel.data_parallel=2"], 6), "parallel.data_parallel"),
+    ((["parallel.schedule=bitpipe", "parallel.pipeline=4", "parallel.microbatches=12"], 4),
+     (["parallel.schedule=bitpipe", "parallel.pipeline=4", "parallel.microbatches=10"], 4),
+     "parallel.microbatches"),
+]
+
+
+@pytest.mark.parametrize(("accepted", "refused", "key"), EDGES)
+def test_a_rule_accepts_its_edge_and_refuses_one_step_beyond(accepted, refused, key):
+    overrides, world_size = accepted
+    config = load_config(None, overrides)
+    unchanged = copy.deepcopy(config)
+    validate_config(config, world_size=world_size)
+    assert config == unchanged, "validation changed the config"
+    overrides, world_size = refused
+    one_line_error(
+        lambda: validate_config(load_config(None, overrides), world_size=world_size), [key]
+    )

@@ -16,6 +16,7 @@ from mpipipe.layers.recompute import sublayers_within
 from mpipipe.metrics import read_metrics
 from mpipipe.models import loss_and_grads
 from mpipipe.models.model import build_model
+from mpipipe.plan import plan_run
 from mpipipe.schedules import OpCosts, build_schedule, simulate
 from mpipipe.schedules.partition import partition_layers
 
@@ -174,3 +175,13 @@ def test_every_example_config_loads():
     assert {path.stem for path in configs} >= {"gpt_tiny", "bert_tiny", "gpt_1b_bitpipe"}
     for path in configs:
         load_config(str(path))
+
+
+@pytest.mark.parametrize("name", ["gpt_tiny", "bert_tiny"])
+@pytest.mark.parametrize("ranks", [1, 2, 4, 8])
+def test_cpu_config_runs_on_any_number_of_ranks_as_its_header_says(name, ranks):
+    config = load_config(str(EXAMPLES / f"{name}.toml"))
+    assert config.parallel.pipeline == 0  # every rank a pipeline rank
+    plan = plan_run(config, ranks, 0)
+    assert plan.schedule.ranks == ranks
+    assert len(plan.stage_layers) == plan.schedule.stages

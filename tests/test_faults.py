@@ -3,9 +3,10 @@
 The test-only MPIPIPE_FAULT switch (mpipipe/runtime/faults.py) makes one rank
 misbehave in the middle of one step:
 
-- kill: the rank SIGKILLs itself; mpirun ends the job within KILL_LIMIT_S of
-  the kill, and `--resume latest` reaches final parameters and optimizer
-  state bitwise equal to those of a run that was never interrupted (float64).
+- kill: the rank SIGKILLs itself; mpirun ends the job (no neighbour's
+  watchdog has to), and `--resume latest` reaches final parameters and
+  optimizer state bitwise equal to those of a run that was never
+  interrupted (float64).
 - hang: the rank stops for good; a neighbour's watchdog names the op and
   the peer it waits for, writes its flight recorder and ends the job (exit 3).
 - nan: a gradient becomes NaN; with train.on_nan = 'skip' the step is skipped
@@ -36,6 +37,7 @@ from mpipipe.metrics import read_metrics
 
 from mpirun import (
     EVERY_RANK_EXITS_ITSELF,
+    HANG_GUARD_S,
     REPO,
     JobResult,
     end_job,
@@ -46,15 +48,15 @@ from mpirun import (
     start_ranks,
 )
 
-KILL_LIMIT_S = 30
 TINY = [
     "examples/gpt_tiny.toml",
     "--set", "model.n_layer=8", "--set", "model.d_model=32", "--set", "model.seq_len=16",
     "--set", "data.source=random", "--set", "parallel.schedule=bitpipe",
     "--set", "runtime.dtype=float64", "--set", "runtime.trace=false",
 ]
+# Lazy: two ranks' watchdog messages can arrive on one line of mpirun's stderr.
 WATCHDOG_LINE = re.compile(
-    r"watchdog on rank (\d+): .* while waiting for (?:activation|gradient) for op (\S+) "
+    r"watchdog on rank (\d+): .*? while waiting for (?:activation|gradient) for op (\S+) "
     r"from rank (\d+)"
 )
 
@@ -89,7 +91,7 @@ def test_killed_rank_ends_the_job_and_resume_is_bitwise_exact(tmp_path, record_p
     killed_step, every, steps = 3, 2, 6
     args = ["--set", f"checkpoint.every={every}", "--set", f"train.steps={steps}"]
     reference = tmp_path / "uninterrupted"
-    result = run_ranks(4, train(reference, *args), timeout=120)
+    result = run_ranks(4, train(reference, *args))
     assert result.returncode == 0, result.stderr[-2000:]
 
     run_dir = tmp_path / "killed"
@@ -104,21 +106,23 @@ def test_killed_rank_ends_the_job_and_resume_is_bitwise_exact(tmp_path, record_p
         while victim is not None and os.path.exists(f"/proc/{victim}") and job.poll() is None:
             time.sleep(0.01)
         killed_at = time.monotonic()
-        stdout, stderr = job.communicate(timeout=KILL_LIMIT_S)
+        stdout, stderr = job.communicate(timeout=HANG_GUARD_S)
         seconds_after_kill = time.monotonic() - killed_at
     finally:
         end_job(job)
     record_property("seconds_from_kill_to_job_end", round(seconds_after_kill, 2))
     assert job.returncode != 0
     assert JobResult(job.returncode, stdout, stderr, 0.0).rank_exits.get(2) == 137, stderr[-2000:]
-    assert seconds_after_kill < KILL_LIMIT_S
+    # mpirun ended the others, not their watchdogs (runtime.timeout_s = 300 s, longer than
+    # HANG_GUARD_S): none of them gave up waiting for the dead rank.
+    assert "watchdog" not in stderr, stderr[-2000:]
     assert job_processes(marker) == []
     assert [row["step"] for row in read_metrics(run_dir)] == list(range(killed_step))
     last_saved = killed_step // every * every
     assert checkpoints(run_dir) == [checkpoint_name(last_saved)]
     record_property("steps_lost", killed_step - last_saved)
 
-    resumed = run_ranks(4, [*train(run_dir, *args), "--resume", "latest"], timeout=120)
+    resumed = run_ranks(4, [*train(run_dir, *args), "--resume", "latest"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"at step {last_saved}" in resumed.stdout
     final = checkpoint_name(steps)
@@ -132,11 +136,10 @@ def test_hung_rank_fires_a_neighbours_watchdog_naming_op_and_peer(tmp_path, reco
     run_dir = tmp_path / "run"
     result = run_ranks(
         4, train(run_dir, "--set", "train.steps=50", "--set", "runtime.timeout_s=2"),
-        env={"MPIPIPE_FAULT": "hang,rank=1,step=1"}, timeout=60,
+        env={"MPIPIPE_FAULT": "hang,rank=1,step=1"},
     )
     record_property("seconds_to_fail", round(result.seconds, 2))
     assert result.returncode == 3, result.stderr[-2000:]  # EXIT_HANG
-    assert result.seconds < 30
     assert job_processes(str(run_dir)) == []
     fired = WATCHDOG_LINE.search(result.stderr)
     assert fired, result.stderr[-2000:]
@@ -154,7 +157,7 @@ def test_nan_with_skip_warns_and_leaves_the_state_untouched(tmp_path):
     result = run_ranks(
         4, train(run_dir, "--set", "train.on_nan=skip", "--set", f"train.steps={steps}",
                  "--set", "checkpoint.every=1", "--set", f"checkpoint.keep={steps}"),
-        env={"MPIPIPE_FAULT": f"nan,rank=1,step={nan_step}"}, timeout=120,
+        env={"MPIPIPE_FAULT": f"nan,rank=1,step={nan_step}"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     warnings = [line for line in result.output.splitlines() if "mpipipe: warning" in line]
@@ -180,7 +183,6 @@ def test_nan_with_stop_ends_every_rank_and_keeps_the_checkpoint_before_it(
         4, train(run_dir, "--set", "train.on_nan=stop", "--set", "train.steps=6",
                  "--set", "checkpoint.every=1"),
         env={"MPIPIPE_FAULT": f"nan,rank=1,step={nan_step}", **EVERY_RANK_EXITS_ITSELF},
-        timeout=120,
     )
     record_property("seconds_to_fail", round(result.seconds, 2))
     assert result.rank_exits == dict.fromkeys(range(4), 1), result.stderr[-2000:]
@@ -200,8 +202,7 @@ def test_nan_with_stop_ends_every_rank_and_keeps_the_checkpoint_before_it(
 def test_short_soak_keeps_memory_files_and_requests_flat():
     result = run_ranks(4, ["-m", "mpipipe.bench.soak", "--steps", "60", "--first", "20",
                            "--set", "checkpoint.every=10", "--set", "model.d_model=32",
-                           "--set", "model.seq_len=16", "--set", "data.source=random"],
-                       timeout=120)
+                           "--set", "model.seq_len=16", "--set", "data.source=random"])
     assert result.returncode == 0, result.output[-2000:]
     assert "soak: ok" in result.stdout
     assert len(re.findall(r"^ +\d +[\d.]+ -> [\d.]+ ", result.stdout, re.MULTILINE)) == 4

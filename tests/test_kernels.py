@@ -96,66 +96,122 @@ def assert_same(gpu_value, cpu_value, dtype, name):
     np.testing.assert_allclose(cupy.asnumpy(gpu_value), cpu_value, err_msg=name, **TOLERANCE[dtype])
 
 
+def on_gpu(*arrays):
+    return tuple(cupy.asarray(array) for array in arrays)
+
+
+def rows(rng, dtype, columns):
+    """Activations (3, 7, columns), an upstream gradient like them, and a row of columns."""
+    x = (rng.normal(size=(3, 7, columns)) * 2).astype(dtype)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    return x, dy, rng.normal(size=columns).astype(dtype), rng.normal(size=columns).astype(dtype)
+
+
+def gelu_forward_pair(rng, dtype, columns):
+    x, _, _, _ = rows(rng, dtype, columns)
+    return [("gelu_forward", fused.gelu_forward(*on_gpu(x)), fused.gelu_forward(x))]
+
+
+def gelu_backward_pair(rng, dtype, columns):
+    x, dy, _, _ = rows(rng, dtype, columns)
+    return [("gelu_backward", fused.gelu_backward(*on_gpu(x, dy)), fused.gelu_backward(x, dy))]
+
+
+def layernorm_forward_pair(rng, dtype, columns):
+    x, _, weight, bias = rows(rng, dtype, columns)
+    gpu = fused.layernorm_forward(*on_gpu(x, weight, bias))
+    cpu = fused.layernorm_forward(x, weight, bias)
+    return [(f"layernorm_forward {name}", *pair)
+            for name, pair in zip(("y", "mean", "rstd"), zip(gpu, cpu, strict=True), strict=True)]
+
+
+def layernorm_backward_input_pair(rng, dtype, columns):
+    x, dy, weight, bias = rows(rng, dtype, columns)
+    _, mean, rstd = fused.layernorm_forward(x, weight, bias)
+    return [("layernorm_backward_input",
+             fused.layernorm_backward_input(*on_gpu(dy, x, weight, mean, rstd)),
+             fused.layernorm_backward_input(dy, x, weight, mean, rstd))]
+
+
+def layernorm_backward_weight_pair(rng, dtype, columns):
+    """It adds into the gradients it is given (here not zero)."""
+    x, dy, weight, bias = rows(rng, dtype, columns)
+    _, mean, rstd = fused.layernorm_forward(x, weight, bias)
+    dweight, dbias = weight.copy(), bias.copy()
+    gdweight, gdbias = on_gpu(dweight, dbias)
+    fused.layernorm_backward_weight(dy, x, mean, rstd, dweight, dbias)
+    fused.layernorm_backward_weight(*on_gpu(dy, x, mean, rstd), gdweight, gdbias)
+    return [("dweight", gdweight, dweight), ("dbias", gdbias, dbias)]
+
+
+def logits_and_targets(rng, dtype, columns):
+    x, _, _, _ = rows(rng, dtype, columns)
+    logits = x.reshape(-1, columns) * 3
+    targets = rng.integers(0, columns, size=logits.shape[0])
+    targets[::4] = IGNORE
+    return logits, targets
+
+
+def cross_entropy_forward_pair(rng, dtype, columns):
+    logits, targets = logits_and_targets(rng, dtype, columns)
+    loss, probs = fused.cross_entropy_forward(logits, targets, IGNORE, 9.0)
+    gloss, gprobs = fused.cross_entropy_forward(*on_gpu(logits, targets), IGNORE, 9.0)
+    return [("loss", gloss, loss), ("probs", gprobs, probs)]
+
+
+def cross_entropy_backward_pair(rng, dtype, columns):
+    logits, targets = logits_and_targets(rng, dtype, columns)
+    _, probs = fused.cross_entropy_forward(logits, targets, IGNORE, 9.0)
+    return [("cross_entropy_backward",
+             fused.cross_entropy_backward(*on_gpu(probs, targets), IGNORE, 9.0, dloss=0.5),
+             fused.cross_entropy_backward(probs, targets, IGNORE, 9.0, dloss=0.5))]
+
+
+def adamw_update_pair(rng, dtype, columns):
+    size = 21 * columns
+    grad = rng.normal(size=size).astype(dtype)
+    param = rng.normal(size=size).astype(dtype)
+    moments = [rng.normal(size=size).astype(dtype), rng.random(size=size).astype(dtype)]
+    gparam, gm, gv = on_gpu(param, *moments)
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=3,
+                 grad_scale=0.6)
+    fused.adamw_update(param, grad, *moments, **hyper)
+    fused.adamw_update(gparam, *on_gpu(grad), gm, gv, **hyper)
+    return [(f"adamw {name}", gpu, cpu)
+            for name, gpu, cpu in zip(("param", "m", "v"), (gparam, gm, gv), (param, *moments),
+                                      strict=True)]
+
+
+# Each fused op: its CUDA result and its NumPy twin's on the same inputs, (name, gpu, cpu).
+KERNEL_PAIRS = {
+    "gelu_forward": gelu_forward_pair,
+    "gelu_backward": gelu_backward_pair,
+    "layernorm_forward": layernorm_forward_pair,
+    "layernorm_backward_input": layernorm_backward_input_pair,
+    "layernorm_backward_weight": layernorm_backward_weight_pair,
+    "cross_entropy_forward": cross_entropy_forward_pair,
+    "cross_entropy_backward": cross_entropy_backward_pair,
+    "adamw_update": adamw_update_pair,
+}
+
+
+def test_every_launched_kernel_has_a_gpu_test():
+    launched = {name for names in kernels_launched().values() for name in names}
+    # layernorm_backward_weight launches two kernels: per-block partials, then their sum.
+    tested = set(KERNEL_PAIRS) - {"layernorm_backward_weight"}
+    assert launched == tested | {"layernorm_weight_partials", "layernorm_weight_accumulate"}
+
+
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("columns", [5, 64, 333, 1500])
-def test_kernels_match_numpy_twins(dtype, columns):
-    rng = np.random.default_rng(columns)
-    x = (rng.normal(size=(3, 7, columns)) * 2).astype(dtype)
-    dy = rng.normal(size=x.shape).astype(dtype)
-    weight = rng.normal(size=columns).astype(dtype)
-    bias = rng.normal(size=columns).astype(dtype)
-    gx, gdy, gweight, gbias = (cupy.asarray(a) for a in (x, dy, weight, bias))
-
-    assert_same(fused.gelu_forward(gx), fused.gelu_forward(x), dtype, "gelu_forward")
-    assert_same(fused.gelu_backward(gx, gdy), fused.gelu_backward(x, dy), dtype, "gelu_backward")
-
-    cpu_forward = fused.layernorm_forward(x, weight, bias)
-    gpu_forward = fused.layernorm_forward(gx, gweight, gbias)
-    for name, gpu_value, cpu_value in zip(("y", "mean", "rstd"), gpu_forward, cpu_forward,
-                                          strict=True):
-        assert_same(gpu_value, cpu_value, dtype, f"layernorm {name}")
-    _, mean, rstd = cpu_forward
-    gmean, grstd = cupy.asarray(mean), cupy.asarray(rstd)
-    assert_same(
-        fused.layernorm_backward_input(gdy, gx, gweight, gmean, grstd),
-        fused.layernorm_backward_input(dy, x, weight, mean, rstd),
-        dtype,
-        "layernorm_backward_input",
-    )
-    dweight, dbias = weight.copy(), bias.copy()
-    gdweight, gdbias = cupy.asarray(dweight), cupy.asarray(dbias)
-    fused.layernorm_backward_weight(dy, x, mean, rstd, dweight, dbias)
-    fused.layernorm_backward_weight(gdy, gx, gmean, grstd, gdweight, gdbias)
-    assert_same(gdweight, dweight, dtype, "dweight")
-    assert_same(gdbias, dbias, dtype, "dbias")
-
-    logits = x.reshape(-1, columns) * 3
-    targets = rng.integers(0, columns, size=logits.shape[0])
-    targets[::4] = IGNORE
-    gtargets = cupy.asarray(targets)
-    loss, probs = fused.cross_entropy_forward(logits, targets, IGNORE, 9.0)
-    gloss, gprobs = fused.cross_entropy_forward(cupy.asarray(logits), gtargets, IGNORE, 9.0)
-    assert_same(gloss, loss, dtype, "loss")
-    assert_same(gprobs, probs, dtype, "probs")
-    assert_same(
-        fused.cross_entropy_backward(gprobs, gtargets, IGNORE, 9.0, dloss=0.5),
-        fused.cross_entropy_backward(probs, targets, IGNORE, 9.0, dloss=0.5),
-        dtype,
-        "cross_entropy_backward",
-    )
-
-    param = rng.normal(size=x.size).astype(dtype)
-    moments = [rng.normal(size=x.size).astype(dtype), rng.random(size=x.size).astype(dtype)]
-    gparam, gm, gv = (cupy.asarray(a) for a in (param, *moments))
-    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=3,
-                 grad_scale=0.6)
-    fused.adamw_update(param, dy.ravel(), *moments, **hyper)
-    fused.adamw_update(gparam, gdy.ravel(), gm, gv, **hyper)
-    for name, gpu_value, cpu_value in zip(("param", "m", "v"), (gparam, gm, gv),
-                                          (param, *moments), strict=True):
-        assert_same(gpu_value, cpu_value, dtype, f"adamw {name}")
+@pytest.mark.parametrize("kernel", KERNEL_PAIRS)
+def test_kernel_matches_its_numpy_twin(kernel, columns, dtype):
+    pairs = KERNEL_PAIRS[kernel](np.random.default_rng(columns), dtype, columns)
+    assert pairs
+    for name, gpu_value, cpu_value in pairs:
+        assert_same(gpu_value, cpu_value, dtype, name)
 
 
 @pytest.mark.gpu

@@ -286,9 +286,16 @@ def test_python_api_refuses_a_model_that_cannot_be_built(change, words):
     one_line_error(lambda: build_model(replace(ModelConfig(), **change)), words, error=ValueError)
 
 
-def test_bert_accepts_exactly_two_extra_tokens():
-    model = build_model(ModelConfig(kind="bert", vocab_size=258), data_vocab=256)
-    assert model.vocab_size == 258
+def test_bert_embeds_and_scores_its_pad_and_mask_tokens_above_the_data_ids():
+    config = replace(SMALL, kind="bert", vocab_size=258)  # 256 data ids, PAD 256, MASK 257
+    model = build_model(config, data_vocab=256)
+    params = model.init_params(seed=1)
+    batch = bert_batch(config)
+    assert (batch.tokens == 256).any() and (batch.tokens == 257).any()
+    assert logits(model, params, batch).shape == (BATCH, config.seq_len, 258)
+    _, grads = loss_and_grads(model, params, batch)
+    # MASK stands at positions the loss reads: its embedding row moves the loss.
+    assert np.abs(grads[(0, "wte")][257]).max() > 0
 
 
 def test_sequences_longer_than_the_model_are_refused():

@@ -98,8 +98,12 @@ def test_plot_command_writes_three_readable_pngs(run_dir, tmp_path, capsys):
     written = sorted(path.name for path in out.iterdir())
     assert written == sorted([LOSS_FIGURE, TIMELINE_FIGURE, BREAKDOWN_FIGURE])
     for name in written:
-        height, width, _ = matplotlib.image.imread(out / name).shape
+        image = matplotlib.image.imread(out / name)
+        height, width, _ = image.shape
         assert width >= 600 and height >= 250
+        pixels = image[..., :3].reshape(-1, 3)
+        colourful = pixels.max(axis=1) - pixels.min(axis=1) > 0.15
+        assert 0.002 < colourful.mean() < 0.9, (name, colourful.mean())  # drawn, not blank
     assert capsys.readouterr().out.count("wrote ") == 3
 
 

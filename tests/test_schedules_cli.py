@@ -3,13 +3,16 @@
 import argparse
 import json
 import sys
+from collections import Counter
 
+import numpy as np
 import pytest
 
 from mpipipe.commands import schedule as schedule_command
 from mpipipe.errors import UsageError
 from mpipipe.schedules import SCHEDULE_KINDS, build_schedule, simulate
 from mpipipe.schedules.csv_io import from_csv
+from mpipipe.schedules.ops import OpType
 from mpipipe.schedules.simulate import OpCosts
 
 
@@ -79,11 +82,31 @@ def test_chrome_trace_has_one_track_per_rank(capsys):
     assert {event["tid"] for event in spans} == {0, 1, 2, 3}
 
 
-def test_png_is_a_real_png(tmp_path):
-    pytest.importorskip("matplotlib")
-    path = tmp_path / "bitpipe.png"
-    run("bitpipe", "-D", "4", "-N", "8", "--format", "png", "--out", str(path))
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def colour_areas(path, least_share: float = 0.02) -> list[int]:
+    """Pixels of each saturated colour that covers at least `least_share` of the image."""
+    image = pytest.importorskip("matplotlib.image").imread(path)
+    pixels = np.round(image[..., :3] * 255).astype(int).reshape(-1, 3)
+    saturated = pixels[pixels.max(axis=1) - pixels.min(axis=1) > 40]  # no white, grey or black
+    _, counts = np.unique(saturated, axis=0, return_counts=True)
+    return sorted(int(count) for count in counts if count >= least_share * len(pixels))
+
+
+@pytest.mark.parametrize(("kind", "cost"),
+                         [("bitpipe", "1,2"), ("1f1b", "1,2"), ("zb-h1", "1,2,1")])
+def test_png_draws_each_kind_of_op_in_its_colour_as_wide_as_its_time(tmp_path, kind, cost):
+    path = tmp_path / f"{kind}.png"
+    run(kind, "-D", "4", "-N", "8", "--cost", cost, "--format", "png", "--out", str(path))
+    # Time spent on each (op type, pipe), from the simulator, against the area of each colour.
+    time_by_kind = Counter()
+    for rank_ops in simulate(build_schedule(kind, 4, 8), OpCosts.parse(cost)).timeline:
+        for timed in rank_ops:
+            if timed.op.type is not OpType.SYNC:
+                time_by_kind[timed.op.type, timed.op.pipe] += timed.end - timed.start
+    areas = colour_areas(path)
+    assert len(areas) == len(time_by_kind), areas
+    pixels_per_unit = [area / time for area, time in zip(areas, sorted(time_by_kind.values()),
+                                                         strict=True)]
+    assert max(pixels_per_unit) < 1.15 * min(pixels_per_unit), pixels_per_unit
 
 
 def test_png_without_matplotlib_says_what_to_install(tmp_path, monkeypatch):

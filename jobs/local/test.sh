@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up whatever is missing, then run the whole test suite:
-# lint, the single-process tests (some start mpiexec jobs themselves), and
-# the MPI tests under 4 and under 2 ranks. Every mpiexec is bounded.
+# lint, the single-process tests (some start mpiexec jobs themselves), the
+# MPI tests under 4 and under 2 ranks, and under 8 ranks the tests whose
+# layouts need 8 (oversubscribed on a small machine). Every mpiexec is bounded.
 #
 # Usage: jobs/local/test.sh [extra pytest options]
 set -euo pipefail
@@ -22,7 +23,8 @@ stage() {
 }
 
 stage lint "$python" -m ruff check mpipipe tests examples
-stage "single-process tests" "$python" -m pytest -q tests --ignore=tests/mpi "$@"
+stage "single-process tests" timeout --kill-after=30 1800 \
+    "$python" -m pytest -q tests --ignore=tests/mpi "$@"
 
 # pytest-mpi: every rank runs the tests; rank 0 prints, the others keep quiet
 # on stdout (a failure on any rank prints its report to stderr and aborts).
@@ -38,6 +40,7 @@ run_mpi_tests() {
 }
 stage "MPI tests on 4 ranks" run_mpi_tests 4 1800 "$@"
 stage "MPI tests on 2 ranks" run_mpi_tests 2 900 "$@"
+stage "MPI tests on 8 ranks" run_mpi_tests 8 900 --min-ranks 8 "$@"
 
 if [ "${#failed[@]}" -gt 0 ]; then
     printf 'FAILED: %s\n' "${failed[@]}" >&2

@@ -22,20 +22,29 @@ from tiny_runs import (
 )
 
 STEPS = 3
-LAYOUTS = [(2, 1), (4, 1), (2, 2)]  # (pipeline, data parallel)
+LAYOUTS = [(2, 1), (4, 1), (2, 2), (8, 1), (4, 2), (2, 4)]  # (pipeline, data parallel)
 TOLERANCE = 1e-10
 
 
-@pytest.mark.mpi(min_size=4)
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda layout: f"{layout[0]}x{layout[1]}")
+def blocks_for(pipeline: int) -> int:
+    """Transformer blocks enough for every schedule's stages (up to 2 per pipeline rank)."""
+    return max(8, 2 * pipeline)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize(("pipeline", "data_parallel"), [
+    pytest.param(pipeline, data_parallel, id=f"{pipeline}x{data_parallel}",
+                 marks=pytest.mark.mpi(min_size=pipeline * data_parallel))
+    for pipeline, data_parallel in LAYOUTS
+])
 @pytest.mark.parametrize("kind", ["gpt", "bert"])
 @pytest.mark.parametrize("schedule", SCHEDULE_KINDS)
-def test_pipeline_equals_single_process(schedule, kind, layout):
-    pipeline, data_parallel = layout
+def test_pipeline_equals_single_process(schedule, kind, pipeline, data_parallel):
     comm = first_ranks(MPI.COMM_WORLD, pipeline * data_parallel)
     if comm is None:
         return
-    config = tiny_config(kind, schedule, pipeline, data_parallel)
+    config = tiny_config(kind, schedule, pipeline, data_parallel,
+                         model__n_layer=blocks_for(pipeline))
     plan, rows, gathered = pipelined_run(config, comm, STEPS)
     losses = [row["loss"] for row in rows]
     everywhere = comm.allgather(losses)

@@ -1,9 +1,10 @@
 """Tiny runs for the MPI tests: a config, a pipelined run on a sub-communicator,
-and the single-process reference it must equal."""
+the single-process reference it must equal, and a barrier for the ranks left idle."""
 
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -16,6 +17,15 @@ from mpipipe.runtime.params import weight_decay_applies
 from mpipipe.trainer import Trainer
 
 FLOAT64 = Backend(xp=np, dtype=np.float64, device="cpu")
+IDLE_POLL_S = 0.01
+
+
+def wait_for_every_rank(comm) -> None:
+    """A barrier that sleeps while it waits, so the ranks a test leaves idle do not spin on
+    the cores the working ranks need (blocking MPI calls busy-poll)."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(IDLE_POLL_S)
 
 
 def tiny_config(kind: str, schedule: str, pipeline: int, data_parallel: int, **overrides) -> Config:
