@@ -72,7 +72,7 @@ class BoundOp:
     position: int
     label: str  # e.g. "u3F1", for the flight recorder and the timeline
     type: OpType
-    run: Callable  # the engine's method that runs ops of this type
+    run: Callable  # the Engine method that runs ops of this type, called as run(engine, ...)
     compute: StageCompute | None  # None for a SYNC
     chunk: ChunkKey
     microbatch: int
@@ -189,12 +189,13 @@ class Engine:
         sync = SyncPlan.build(self.comm, self.store, lowered, set(self.stages))
         receives = self._plan_receives(lowered, labels)
         by_position = {planned.position: planned.pending for planned in receives}
+        # Plain functions, not bound methods: the program holds no reference to the engine.
         runners = {
-            OpType.FORWARD: self._forward,
-            OpType.BACKWARD: self._backward,
-            OpType.BACKWARD_INPUT: self._backward,
-            OpType.BACKWARD_WEIGHT: self._backward_weight,
-            OpType.SYNC: self._sync,
+            OpType.FORWARD: Engine._forward,
+            OpType.BACKWARD: Engine._backward,
+            OpType.BACKWARD_INPUT: Engine._backward,
+            OpType.BACKWARD_WEIGHT: Engine._backward_weight,
+            OpType.SYNC: Engine._sync,
         }
         last_stage = schedule.stages - 1
         ops = []
@@ -322,7 +323,7 @@ class Engine:
                 self.faults.in_middle_of_step(step, self.store)
             poll()
             record(bound.label)
-            bound.run(state, bound)
+            bound.run(self, state, bound)
         for sync in program.sync.starting_at(None):
             self._start_sync(sync, "end of step")
         self._finish_step(state)
