@@ -15,10 +15,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpipipe.backend import DEVICE_POLL_S, Backend
+from mpipipe.backend import Backend
 from mpipipe.layers.base import MicroBatch
 from mpipipe.runtime.watchdog import precise_sleeps
 from mpipipe.schedules.simulate import OpCosts
+
+# How often the waiting host lets MPI progress: often enough that a message's copy starts
+# soon after it arrives, as the GPU backend's polls every DEVICE_POLL_S (plus a wake-up).
+PROGRESS_POLL_S = 5e-5
 
 
 class Sleeper:
@@ -56,15 +60,14 @@ class EmulatedAccelerator(Backend):
         self.busy_until = max(self.busy_until, time.perf_counter()) + seconds
 
     def synchronize(self, while_waiting: Callable[[], object] | None = None) -> None:
-        """Wait for the queued work; with `while_waiting`, call it every DEVICE_POLL_S
-        meanwhile, as the GPU backend does. Only the end of the work is waited for exactly
-        (a sleep, then a spin of the sleep's overshoot)."""
-        if while_waiting is not None:
-            margin = DEVICE_POLL_S + self.sleeper.overshoot_s
-            while self.busy_until - time.perf_counter() > margin:
-                while_waiting()
-                time.sleep(DEVICE_POLL_S)
-        self.sleeper.sleep_until(self.busy_until)
+        """Wait for the queued work; with `while_waiting`, call it every PROGRESS_POLL_S
+        meanwhile."""
+        if while_waiting is None:
+            self.sleeper.sleep_until(self.busy_until)
+            return
+        while time.perf_counter() < self.busy_until:
+            while_waiting()
+            self.sleeper.sleep_until(min(self.busy_until, time.perf_counter() + PROGRESS_POLL_S))
 
 
 def emulated_accelerator() -> EmulatedAccelerator:
