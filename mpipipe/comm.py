@@ -1,15 +1,18 @@
 """Point-to-point and gradient-sync communication for the engine.
 
-Receives are posted ahead into buffers from a pool that is allocated once
-and reused; sends are non-blocking and keep their array alive until MPI is
-done with it. On a GPU, device buffers go to MPI directly when the library
-is CUDA-aware; otherwise every transfer is staged through pinned host
-memory. Either way the CuPy stream is synchronised before MPI touches a
-buffer.
+Receives land in buffers allocated once and reused: either a persistent
+receive per message of the step's fixed pattern (`persistent_receive`, then
+`start_receive` every step) or one posted at a time into a pool
+(`post_receive`). Sends are non-blocking and keep their array alive until
+MPI is done with it. On a GPU, device buffers go to MPI directly when the
+library is CUDA-aware; otherwise every transfer is staged through pinned
+host memory. Either way the CuPy stream is synchronised before MPI touches
+a buffer.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from mpi4py import MPI
@@ -48,15 +51,23 @@ class PendingCounts:
         return self.sends + self.receives + self.syncs
 
 
-@dataclass
+@dataclass(eq=False)
 class PendingReceive:
     request: object
     buffer: object  # array of the compute module (device, or host on CPU) the data ends up in
     staging: object | None  # pinned host buffer the data arrives in when staged
     info: WaitInfo
+    persistent: bool = False  # a persistent request on fixed buffers, started every step
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
+class PendingSend:
+    request: object
+    array: object  # kept referenced until MPI has read it
+    staging: object | None
+
+
+@dataclass(eq=False)
 class PendingSync:
     request: object
     grad: object
@@ -74,9 +85,17 @@ class Messenger:
         # Receive buffers, arrays of the compute module; pinned host arrays to stage through.
         self.buffer_pool = BufferPool(lambda shape: xp.empty(shape, dtype=dtype))
         self.staging_pool = BufferPool(self._pinned_empty) if self.staged else None
-        self.sends: list[tuple[object, object, object | None]] = []  # (request, array, staging)
+        self.sends: deque[PendingSend] = deque()  # started, not yet seen finished, oldest first
         self.receives: list[PendingReceive] = []  # posted, not yet finished
         self.syncs: list[PendingSync] = []  # started, not yet finished
+
+    def empty(self, shape):
+        """A receive buffer of the compute module (a persistent receive's, say)."""
+        return self.backend.xp.empty(shape, dtype=self.backend.dtype)
+
+    def staging_empty(self, shape):
+        """A pinned host buffer to stage a transfer through, or None when nothing is staged."""
+        return self._pinned_empty(shape) if self.staged else None
 
     def _pinned_empty(self, shape):
         import numpy as np
@@ -99,13 +118,30 @@ class Messenger:
         self.receives.append(pending)
         return pending
 
+    def persistent_receive(
+        self, buffer, staging, peer: int, tag: int, info: WaitInfo
+    ) -> PendingReceive:
+        """A receive of `peer`'s message `tag` into `buffer` (through `staging`, a buffer from
+        `staging_empty`, when staged), created once and started by `start_receive`."""
+        request = self.comm.Recv_init(buffer if staging is None else staging, source=peer, tag=tag)
+        return PendingReceive(request, buffer, staging, info, persistent=True)
+
+    def start_receive(self, pending: PendingReceive) -> None:
+        pending.request.Start()
+        self.receives.append(pending)
+
+    def free_receive(self, pending: PendingReceive) -> None:
+        """Free a persistent receive that is not started."""
+        pending.request.Free()
+
     def finish_receive(self, pending: PendingReceive):
-        """Wait for a posted receive; return the array holding the data."""
+        """Wait for a posted (or started) receive; return the array holding the data."""
         self.receives.remove(pending)
         self.watchdog.wait(pending.request, pending.info)
         if pending.staging is not None:
             pending.buffer.set(pending.staging)
-            self.staging_pool.give_back(pending.staging)
+            if not pending.persistent:
+                self.staging_pool.give_back(pending.staging)
         return pending.buffer
 
     def send(self, array, peer: int, tag: int) -> None:
@@ -118,40 +154,39 @@ class Messenger:
         else:
             staging = None
             request = self.comm.Isend(array, dest=peer, tag=tag)
-        # Keep `array` referenced until MPI has read it.
-        self.sends.append((request, array, staging))
+        self.sends.append(PendingSend(request, array, staging))
 
     def pending(self) -> PendingCounts:
         return PendingCounts(len(self.sends), len(self.receives), len(self.syncs))
 
     def poll(self) -> None:
-        """Let MPI move data: test every send, posted receive and sync; drop finished sends.
+        """Let MPI move data, and drop the sends it has finished, oldest first.
 
         Open MPI moves a large message only inside MPI calls of both ranks, so the
-        engine polls between ops and while the device computes.
+        engine polls between ops and while the device computes. One test of any
+        request runs MPI's progress for all of them, so one test is made, of the
+        oldest send (more while those finish), else of a receive or a sync.
         """
-        for pending in self.receives:
-            pending.request.Test()
-        for sync in self.syncs:
-            sync.request.Test()
-        if not self.sends:
-            return
-        still_pending = []
-        for request, array, staging in self.sends:
-            if request.Test():
-                if staging is not None:
-                    self.staging_pool.give_back(staging)
-            else:
-                still_pending.append((request, array, staging))
-        self.sends = still_pending
+        sends = self.sends
+        if sends:
+            while sends and sends[0].request.Test():
+                self._sent(sends.popleft())
+        elif self.receives:
+            self.receives[0].request.Test()
+        elif self.syncs:
+            self.syncs[0].request.Test()
+
+    def _sent(self, send: PendingSend) -> None:
+        if send.staging is not None:
+            self.staging_pool.give_back(send.staging)
 
     def finish_sends(self, op_label: str) -> None:
-        for request, array, staging in self.sends:
-            info = WaitInfo("send completion", op_label, None, None, array.nbytes)
-            self.watchdog.wait(request, info)
-            if staging is not None:
-                self.staging_pool.give_back(staging)
-        self.sends = []
+        while self.sends:
+            send = self.sends.popleft()
+            if not send.request.Test():
+                info = WaitInfo("send completion", op_label, None, None, send.array.nbytes)
+                self.watchdog.wait(send.request, info)
+            self._sent(send)
 
     def start_gradient_sync(self, comm, grad, label: str) -> PendingSync:
         """Start summing `grad` in place over `comm` (non-blocking)."""

@@ -2,8 +2,11 @@
 
 Built once from the run's plan and parameter store (`Engine(plan, store,
 comm=..., backend=..., watchdog=..., timeline=...)`), it sets up everything
-a step repeats: the stages' compute, the lowered ops, the receives of a step
-and the gradient sync plan. A step's own state lives in one `StepState`.
+a step repeats: the stages' compute, and from the schedule its `StepProgram`:
+every op with what it needs looked up once (its stage, chunk, label, the
+persistent receive it waits for, where it sends), the receive buffers and
+the gradient sync plan. A step's own state lives in one `StepState`.
+`Engine.replan(plan)` switches to another schedule between two steps.
 
 For each op in order: an F takes its input (the tokens, a local hand-over
 or a pre-posted receive), runs the stage forward, keeps the cache and sends
@@ -16,18 +19,20 @@ every rank the global loss, the gradient norm and the timing of every rank.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
 
 from mpipipe.backend import Backend
-from mpipipe.comm import Messenger, PendingCounts
+from mpipipe.comm import Messenger, PendingCounts, PendingReceive
 from mpipipe.errors import UsageError
 from mpipipe.layers.base import MicroBatch
 from mpipipe.plan import RunPlan
 from mpipipe.runtime.faults import NO_FAULTS, FaultHooks
 from mpipipe.runtime.params import ParamStore
+from mpipipe.runtime.receive_slots import ChunkKey, ReceiveNeed, assign_slots, due
 from mpipipe.runtime.stage import LayerStage, StageCompute, StageFactory
 from mpipipe.runtime.step_state import StepState
 from mpipipe.runtime.step_stats import COLUMNS, StepStats, stats_row
@@ -42,19 +47,55 @@ from mpipipe.schedules.ops import OpType
 class EngineOptions:
     """How the engine moves data, beyond what the plan decides."""
 
-    recv_window: int = 8  # receives kept posted ahead of the ops that need them
+    recv_window: int = 8  # most receives started ahead of the ops that need them
+    # A receive starts while the op this many ops before the one needing it computes.
+    receive_lookahead: int = 1
     cuda_aware: bool = False  # MPI takes device buffers directly (else staged through the host)
 
 
-@dataclass(frozen=True)
-class _PlannedReceive:
-    """A message this rank receives every step, with what the watchdog says while waiting."""
+@dataclass(frozen=True, eq=False)
+class PlannedReceive:
+    """A message this rank receives every step, on its persistent receive."""
 
     position: int  # of the op that needs it
     shape: tuple
     peer: int  # world rank of the sender
     tag: int
-    info: WaitInfo
+    info: WaitInfo  # what the watchdog says while waiting for it
+    pending: PendingReceive  # its persistent request and buffer
+
+
+@dataclass(eq=False, slots=True)
+class BoundOp:
+    """One op of this rank with everything it needs, looked up once at set-up."""
+
+    position: int
+    label: str  # e.g. "u3F1", for the flight recorder and the timeline
+    type: OpType
+    run: Callable  # the Engine method that runs ops of this type, called as run(engine, ...)
+    compute: StageCompute | None  # None for a SYNC
+    chunk: ChunkKey
+    microbatch: int
+    first_stage: bool
+    last_stage: bool
+    receive: PendingReceive | None  # the message it waits for
+    handover_in: Transfer | None  # or the array another stage of this rank hands over
+    send_peer: int | None  # world rank its output goes to
+    send_tag: int | None
+    handover_out: Transfer | None  # or the stage of this rank it is handed to
+    syncs: list[BucketSync]  # the gradient sums a SYNC starts
+    wait_label: str  # timeline name of its wait
+
+
+@dataclass(eq=False)
+class StepProgram:
+    """Everything a step of one schedule repeats, built once (collective: the sync plan)."""
+
+    schedule: object
+    lowered: list[LoweredOp]
+    ops: list[BoundOp]
+    receives: list[PlannedReceive]  # in the order the ops need them
+    sync: SyncPlan
 
 
 class Engine:
@@ -85,40 +126,53 @@ class Engine:
         self.options = options or EngineOptions()
         self.faults = faults
         self.grid = plan.grid
-        self.schedule = plan.schedule
         # Set from a signal handler; every rank learns of it with the step's statistics.
         self.stop_asked_on_this_rank = False
-        self.last_stage = self.schedule.stages - 1
-        self.lowered: list[LoweredOp] = lower(self.schedule, self.grid.pipe_rank)
-        self.labels = [str(lowered.op) for lowered in self.lowered]
-        self._check_tags()
         self.messenger = Messenger(comm, backend, self.options.cuda_aware, watchdog)
         self.boundary_shapes = _boundary_shapes(
             plan.model, plan.stage_layers, plan.config.data.microbatch_size
         )
-        self.stages = self._build_stages(stage_factory)
-        self.sync = SyncPlan.build(comm, store, self.lowered, set(self.stages))
-        self.receive_plan = self._plan_receives()
+        self.stages = self._build_stages(plan, stage_factory)
         self.upstream_gradient_of_loss = backend.xp.asarray(1.0, dtype=backend.dtype)
+        self.program = self._build_program(plan)
 
     # ----- set-up -------------------------------------------------------------
 
-    def _check_tags(self) -> None:
+    @property
+    def schedule(self):
+        return self.program.schedule
+
+    @property
+    def lowered(self) -> list[LoweredOp]:
+        return self.program.lowered
+
+    @property
+    def receive_plan(self) -> list[PlannedReceive]:
+        return self.program.receives
+
+    def _check_tags(self, schedule) -> None:
         tag_limit = self.comm.Get_attr(MPI.TAG_UB)
-        needed = max_tag(self.schedule)
+        needed = max_tag(schedule)
         if tag_limit is not None and needed > tag_limit:
             raise UsageError(
                 f"this schedule needs MPI message tags up to {needed} but the MPI library allows "
                 f"{tag_limit}: use fewer parallel.microbatches or pipeline stages"
             )
 
-    def _build_stages(self, stage_factory: StageFactory | None) -> dict[int, StageCompute]:
+    def _held_stages(self, plan: RunPlan) -> list[int]:
+        chunks = plan.schedule.placement.chunks_on(self.grid.pipe_rank)
+        return sorted({stage for _, stage in chunks})
+
+    def _build_stages(
+        self, plan: RunPlan, stage_factory: StageFactory | None
+    ) -> dict[int, StageCompute]:
         """The compute of every stage this rank holds, by stage."""
-        layers = self.plan.model.layers
+        layers = plan.model.layers
         make = stage_factory or (lambda stage, indices, store: LayerStage(layers, indices, store))
-        chunks = self.schedule.placement.chunks_on(self.grid.pipe_rank)
-        held = sorted({stage for _, stage in chunks})
-        stages = {stage: make(stage, self.plan.stage_layers[stage], self.store) for stage in held}
+        stages = {
+            stage: make(stage, plan.stage_layers[stage], self.store)
+            for stage in self._held_stages(plan)
+        }
         for stage, compute in stages.items():
             if not isinstance(compute, StageCompute):
                 raise TypeError(
@@ -127,20 +181,81 @@ class Engine:
                 )
         return stages
 
-    def _plan_receives(self) -> list[_PlannedReceive]:
-        """Every message this rank receives in a step, in the order its ops need them."""
+    def _build_program(self, plan: RunPlan) -> StepProgram:
+        schedule = plan.schedule
+        self._check_tags(schedule)
+        lowered = lower(schedule, self.grid.pipe_rank)
+        labels = [str(item.op) for item in lowered]
+        sync = SyncPlan.build(self.comm, self.store, lowered, set(self.stages))
+        receives = self._plan_receives(lowered, labels)
+        by_position = {planned.position: planned.pending for planned in receives}
+        # Plain functions, not bound methods: the program holds no reference to the engine.
+        runners = {
+            OpType.FORWARD: Engine._forward,
+            OpType.BACKWARD: Engine._backward,
+            OpType.BACKWARD_INPUT: Engine._backward,
+            OpType.BACKWARD_WEIGHT: Engine._backward_weight,
+            OpType.SYNC: Engine._sync,
+        }
+        last_stage = schedule.stages - 1
+        ops = []
+        for position, item in enumerate(lowered):
+            op, receive, send = item.op, item.receive, item.send
+            ops.append(BoundOp(
+                position=position,
+                label=labels[position],
+                type=op.type,
+                run=runners[op.type],
+                compute=self.stages.get(op.stage),
+                chunk=(op.pipe, op.stage, op.microbatch),
+                microbatch=op.microbatch,
+                first_stage=op.stage == 0,
+                last_stage=op.stage == last_stage,
+                receive=by_position.get(position),
+                handover_in=receive if receive is not None and receive.peer is None else None,
+                send_peer=None if send is None or send.peer is None
+                else self.grid.world_rank_of(send.peer),
+                send_tag=None if send is None else send.tag,
+                handover_out=send if send is not None and send.peer is None else None,
+                syncs=sync.starting_at(position) if op.type is OpType.SYNC else [],
+                wait_label=f"wait {receive.direction}" if receive is not None else "",
+            ))
+        return StepProgram(schedule, lowered, ops, receives, sync)
+
+    def _plan_receives(self, lowered: list[LoweredOp], labels: list[str]) -> list[PlannedReceive]:
+        """Every message this rank receives in a step, in the order its ops need them, each
+        with a persistent receive on the buffer it always lands in (see receive_slots.py)."""
         itemsize = np.dtype(self.backend.dtype).itemsize
-        plan = []
-        for position, lowered in enumerate(self.lowered):
-            transfer = lowered.receive
+        needs, messages = [], []
+        for position, item in enumerate(lowered):
+            transfer = item.receive
             if transfer is None or transfer.peer is None:
                 continue
-            peer = self.grid.world_rank_of(transfer.peer)
+            op = item.op
             shape = self.boundary_shapes[transfer.boundary]
+            needs.append(ReceiveNeed(position, shape, (op.pipe, op.stage, op.microbatch)))
+            messages.append((transfer, shape))
+        releases = {
+            position: (item.op.pipe, item.op.stage, item.op.microbatch)
+            for position, item in enumerate(lowered)
+            if item.op.type in (OpType.BACKWARD, OpType.BACKWARD_WEIGHT)
+        }
+        slots = assign_slots(
+            needs, releases, self.options.recv_window, self.options.receive_lookahead
+        )
+        buffers = [self.messenger.empty(shape) for shape in slots.buffer_kinds]
+        stagings = [self.messenger.staging_empty(shape) for shape in slots.staging_kinds]
+        planned = []
+        for index, (need, (transfer, shape)) in enumerate(zip(needs, messages, strict=True)):
+            peer = self.grid.world_rank_of(transfer.peer)
             nbytes = int(np.prod(shape)) * itemsize
-            info = WaitInfo(transfer.direction, self.labels[position], peer, transfer.tag, nbytes)
-            plan.append(_PlannedReceive(position, shape, peer, transfer.tag, info))
-        return plan
+            info = WaitInfo(transfer.direction, labels[need.position], peer, transfer.tag, nbytes)
+            pending = self.messenger.persistent_receive(
+                buffers[slots.buffers[index]], stagings[slots.stagings[index]], peer,
+                transfer.tag, info,
+            )
+            planned.append(PlannedReceive(need.position, shape, peer, transfer.tag, info, pending))
+        return planned
 
     # ----- what others may ask ------------------------------------------------
 
@@ -149,86 +264,116 @@ class Engine:
         self.stop_asked_on_this_rank = True
 
     def pending_requests(self) -> PendingCounts:
-        """MPI requests this rank started and has not finished: all zero between steps."""
+        """MPI requests this rank started and has not finished: all zero between steps.
+
+        The persistent receives of the step's messages stay allocated between steps
+        (inactive); `close` frees them."""
         return self.messenger.pending()
+
+    def replan(self, plan: RunPlan) -> None:
+        """Run `plan`'s schedule from the next step on; collective, between two steps.
+
+        The new plan must give this rank the same stages with the same layers (the
+        parameter store and the stages' compute are kept): a schedule of another
+        placement or partition needs a new ParamStore and a new Engine. The old
+        schedule's persistent receives and sync communicators are freed.
+        """
+        if self._held_stages(plan) != sorted(self.stages) or any(
+            plan.stage_layers[stage] != self.plan.stage_layers[stage] for stage in self.stages
+        ):
+            raise ValueError(
+                "Engine.replan: the new plan moves stages or layers on this rank; build a new "
+                "ParamStore and Engine for it"
+            )
+        if self.pending_requests().total:
+            raise RuntimeError("Engine.replan: called in the middle of a step")
+        old = self.program
+        self.program = self._build_program(plan)
+        self.plan = plan
+        self._free(old)
+
+    def close(self) -> None:
+        """Free this engine's persistent requests and sync communicators (between steps)."""
+        self._free(self.program)
+
+    def _free(self, program: StepProgram) -> None:
+        for planned in program.receives:
+            self.messenger.free_receive(planned.pending)
+        # In the order they were made (the global bucket order), as on every other rank.
+        syncs = [sync for launched in program.sync.launches.values() for sync in launched]
+        for sync in sorted(syncs, key=lambda sync: sync.bucket.index):
+            sync.comm.Free()
+        program.receives.clear()
+        program.sync.launches.clear()
 
     # ----- one step -----------------------------------------------------------
 
     def forward_backward(self, step: int) -> StepStats:
         """Run this rank's ops for `step`; gradients are summed over all holders afterwards."""
+        program = self.program
         self.watchdog.step = step
         self.timeline.begin_step(step)
         self.store.zero_grads()
         state = StepState(step)
-        self._post_receives(state)
-        middle = len(self.lowered) // 2
-        for position, lowered in enumerate(self.lowered):
-            if position == middle:
+        self._start_receives(state, -1)
+        middle = len(program.ops) // 2
+        record = self.watchdog.record
+        for bound in program.ops:
+            if bound.position == middle:
                 self.faults.in_middle_of_step(step, self.store)
-            self.messenger.poll()
-            self.watchdog.record(self.labels[position])
-            self._run(state, position, lowered)
-        for sync in self.sync.starting_at(None):
+            record(bound.label)
+            bound.run(self, state, bound)
+        for sync in program.sync.starting_at(None):
             self._start_sync(sync, "end of step")
         self._finish_step(state)
         return self._gather_stats(state)
 
-    def _run(self, state: StepState, position: int, lowered: LoweredOp) -> None:
-        op = lowered.op
-        if op.type is OpType.FORWARD:
-            self._forward(state, position, lowered)
-        elif op.type in (OpType.BACKWARD, OpType.BACKWARD_INPUT):
-            self._backward(state, position, lowered)
-        elif op.type is OpType.BACKWARD_WEIGHT:
-            key = (op.pipe, op.stage, op.microbatch)
-            start = MPI.Wtime()
-            self.stages[op.stage].backward_weight(state.weight_caches.pop(key))
-            self._computed(state, self.labels[position], start)
-            self._release(state, key)
-        else:
-            for sync in self.sync.starting_at(position):
-                self._start_sync(sync, self.labels[position])
-
-    def _forward(self, state: StepState, position: int, lowered: LoweredOp) -> None:
-        op = lowered.op
+    def _forward(self, state: StepState, op: BoundOp) -> None:
         context = self._context(state, op.microbatch)
-        if op.stage == 0:
-            x = context.tokens
-        else:
-            x = self._incoming(state, position, lowered.receive, op)
+        x = context.tokens if op.first_stage else self._incoming(state, op)
         start = MPI.Wtime()
-        y, cache = self.stages[op.stage].forward(x, context)
-        self._computed(state, self.labels[position], start)
-        state.keep_cache((op.pipe, op.stage, op.microbatch), cache)
-        if op.stage == self.last_stage:
+        y, cache = op.compute.forward(x, context)
+        self._computed(state, op, start)
+        state.keep_cache(op.chunk, cache)
+        if op.last_stage:
             state.losses.append(y)
         else:
-            self._outgoing(state, lowered.send, y)
+            self._outgoing(state, op, y)
 
-    def _backward(self, state: StepState, position: int, lowered: LoweredOp) -> None:
-        op = lowered.op
-        key = (op.pipe, op.stage, op.microbatch)
-        if op.stage == self.last_stage:
-            dy = self.upstream_gradient_of_loss
-        else:
-            dy = self._incoming(state, position, lowered.receive, op)
-        cache = state.caches.pop(key)
+    def _backward(self, state: StepState, op: BoundOp) -> None:
+        dy = self.upstream_gradient_of_loss if op.last_stage else self._incoming(state, op)
+        cache = state.caches.pop(op.chunk)
         start = MPI.Wtime()
         if op.type is OpType.BACKWARD:
-            dx = self.stages[op.stage].backward(dy, cache)
+            dx = op.compute.backward(dy, cache)
         else:
-            dx, state.weight_caches[key] = self.stages[op.stage].backward_input(dy, cache)
-        self._computed(state, self.labels[position], start)
-        if op.type is OpType.BACKWARD:
-            self._release(state, key)
-        if op.stage > 0:
-            self._outgoing(state, lowered.send, dx)
+            dx, state.weight_caches[op.chunk] = op.compute.backward_input(dy, cache)
+        self._computed(state, op, start)
+        if not op.first_stage:
+            self._outgoing(state, op, dx)
 
-    def _computed(self, state: StepState, label: str, start: float) -> None:
-        self.backend.synchronize(while_waiting=self.messenger.poll)
+    def _backward_weight(self, state: StepState, op: BoundOp) -> None:
+        start = MPI.Wtime()
+        op.compute.backward_weight(state.weight_caches.pop(op.chunk))
+        self._computed(state, op, start)
+
+    def _sync(self, state: StepState, op: BoundOp) -> None:
+        for sync in op.syncs:
+            self._start_sync(sync, op.label)
+        self._start_receives(state, op.position)
+        self.messenger.poll()
+
+    def _computed(self, state: StepState, op: BoundOp, start: float) -> None:
+        """The op's work is launched: start the receives due and let MPI progress (it may copy
+        a message that has arrived while the device works; on a CPU backend the work is
+        done by now, and this is the progress between two ops), then wait for the work."""
+        self._start_receives(state, op.position)
+        poll = self.messenger.poll
+        poll()
+        self.backend.synchronize(while_waiting=poll)
         end = MPI.Wtime()
         state.computed(start, end)
-        self.timeline.add(label, "compute", start, end)
+        self.timeline.add(op.label, "compute", start, end)
 
     # ----- data movement ------------------------------------------------------
 
@@ -248,39 +393,34 @@ class Engine:
             state.contexts[microbatch] = context
         return context
 
-    def _post_receives(self, state: StepState) -> None:
-        """Keep `recv_window` receives posted ahead, in the order the ops need them."""
-        window = self.options.recv_window
-        while state.next_receive < len(self.receive_plan) and len(state.posted) < window:
-            planned = self.receive_plan[state.next_receive]
-            state.posted[planned.position] = self.messenger.post_receive(
-                planned.shape, planned.peer, planned.tag, planned.info
-            )
+    def _start_receives(self, state: StepState, position: int) -> None:
+        """Start the receives the op at `position` (-1: the step's start) starts, in the order
+        the ops need them (the rule of receive_slots.due, which chose their buffers)."""
+        receives = self.program.receives
+        window, lookahead = self.options.recv_window, self.options.receive_lookahead
+        while state.next_receive < len(receives) and due(
+            receives[state.next_receive].position, state.next_receive, state.finished_receives,
+            position, window, lookahead,
+        ):
+            self.messenger.start_receive(receives[state.next_receive].pending)
             state.next_receive += 1
 
-    def _incoming(self, state: StepState, position: int, transfer: Transfer, op):
-        if transfer.peer is None:
-            return state.handovers.pop(transfer)
-        pending = state.posted.pop(position)
+    def _incoming(self, state: StepState, op: BoundOp):
+        if op.receive is None:
+            return state.handovers.pop(op.handover_in)
         start = MPI.Wtime()
-        data = self.messenger.finish_receive(pending)
+        data = self.messenger.finish_receive(op.receive)
         end = MPI.Wtime()
         state.wait_s += end - start
-        self.timeline.add(f"wait {transfer.direction}", "wait", start, end)
-        state.held_buffers.setdefault((op.pipe, op.stage, op.microbatch), []).append(data)
-        self._post_receives(state)
+        state.finished_receives += 1
+        self.timeline.add(op.wait_label, "wait", start, end)
         return data
 
-    def _outgoing(self, state: StepState, transfer: Transfer, array) -> None:
-        if transfer.peer is None:
-            state.handovers[transfer] = array  # a hand-over's send equals its receive
+    def _outgoing(self, state: StepState, op: BoundOp, array) -> None:
+        if op.handover_out is not None:
+            state.handovers[op.handover_out] = array  # a hand-over's send equals its receive
         elif not self.faults.withhold_send(state.step):
-            self.messenger.send(array, self.grid.world_rank_of(transfer.peer), transfer.tag)
-
-    def _release(self, state: StepState, key: tuple) -> None:
-        """The chunk's backward is done: its receive buffers can take new messages."""
-        for buffer in state.held_buffers.pop(key, []):
-            self.messenger.buffer_pool.give_back(buffer)
+            self.messenger.send(array, op.send_peer, op.send_tag)
 
     def _start_sync(self, sync: BucketSync, label: str) -> None:
         self.messenger.start_gradient_sync(sync.comm, sync.bucket.grad, label)

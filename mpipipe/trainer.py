@@ -302,4 +302,5 @@ class Trainer:
         """Write the trace and close files (collective: every rank calls it)."""
         if self.out_dir is not None and self.config.runtime.trace:
             write_chrome_trace(self.comm, self.timeline, os.path.join(self.out_dir, "trace.json"))
+        self.engine.close()
         self.metrics.close()

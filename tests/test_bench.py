@@ -106,8 +106,9 @@ def test_emulated_device_queues_work_back_to_back_and_the_host_waits_for_it(cloc
     device.enqueue(0.005)
     device.synchronize(while_waiting=lambda: polls.append(clock.now))
     assert queued + 0.005 <= clock.now < queued + 0.005 + 1e-4
-    # The host polls MPI while it waits, at least every PROGRESS_POLL_S.
-    assert len(polls) >= 0.005 / PROGRESS_POLL_S - 1
+    # The host polls MPI while it waits, every PROGRESS_POLL_S (and the few clock readings of
+    # each slice).
+    assert len(polls) >= 0.005 / (PROGRESS_POLL_S + 10 * FakeClock.TICK_S) - 1
     gaps = [later - earlier for earlier, later in itertools.pairwise([queued, *polls, clock.now])]
     assert max(gaps) < 2 * PROGRESS_POLL_S
 
@@ -164,12 +165,32 @@ def test_bitpipe_ratio_is_throughput_over_each_rival():
 
 def test_emulated_cases_are_the_ones_each_schedule_can_run():
     cases = EmulatedSettings(ranks=[4], microbatch_multiples=[1, 2], f0_ms=[1.0]).cases(4)
-    kinds_at = {microbatches: {kind for n, kind, _ in cases if n == microbatches}
+    kinds_at = {microbatches: {kind for n, kind, *_ in cases if n == microbatches}
                 for microbatches in (4, 8)}
     assert kinds_at[8] == set(SCHEDULE_KINDS)
     assert kinds_at[4] == set(SCHEDULE_KINDS) - {"dualpipev"}  # it needs N >= 2D
-    for microbatches, kind, _ in cases:
+    for microbatches, kind, *_ in cases:
         build_schedule(kind, 4, microbatches)
+
+
+def test_short_op_cases_run_again_with_small_messages_of_that_size():
+    settings = EmulatedSettings(ranks=[2], microbatch_multiples=[4], schedules=["1f1b"],
+                                f0_ms=[1.0, 20.0], small_message_f0_ms=[1.0])
+    assert sorted(settings.cases(2)) == [
+        (8, "1f1b", 0.001, 64 * 1024), (8, "1f1b", 0.001, 4 * 2**20),
+        (8, "1f1b", 0.02, 4 * 2**20),
+    ]
+    assert settings.message_sizes() == [4 * 2**20, 64 * 1024]
+    model = emulated_model(settings.channels(64 * 1024), settings.seq_len, body_layers=4)
+    assert np.prod(model.layers[0].output_shape((1, settings.seq_len))) * 4 == 64 * 1024
+    assert EmulatedSettings(small_message_f0_ms=[]).message_sizes() == [4 * 2**20]
+
+
+def test_cost_per_op_is_the_gap_to_the_simulator_over_the_busiest_ranks_ops():
+    result = _result("1f1b", step_s=0.034, simulated_s=0.030)
+    result.busiest_ops = 16
+    assert result.per_op_overhead_s == pytest.approx(0.004 / 16)
+    assert result.to_json()["per_op_overhead_s"] == pytest.approx(0.004 / 16)
 
 
 def test_markdown_table_has_a_row_per_entry_and_equal_columns():

@@ -138,3 +138,23 @@ def test_pending_requests_count_what_is_started_and_not_finished():
     messenger.finish_gradient_syncs()
     assert messenger.pending().total == 0
     comm.Free()
+
+
+def test_a_persistent_receive_takes_each_step_s_message_and_is_pending_only_when_started():
+    comm = MPI.COMM_SELF.Dup()
+    messenger = Messenger(comm, FLOAT64, cuda_aware=False, watchdog=Watchdog(0, 10.0))
+    buffer = messenger.empty((4,))
+    receive = messenger.persistent_receive(
+        buffer, messenger.staging_empty((4,)), 0, 5, WaitInfo("gradient", "0B1", 0, 5, 32)
+    )
+    assert messenger.pending().total == 0
+    for step in range(3):
+        messenger.start_receive(receive)
+        assert messenger.pending().receives == 1
+        messenger.send(np.arange(4.0) + step, 0, 5)
+        data = messenger.finish_receive(receive)
+        assert data is buffer and np.array_equal(data, np.arange(4.0) + step)
+        messenger.finish_sends("end of step")
+        assert messenger.pending().total == 0
+    messenger.free_receive(receive)
+    comm.Free()

@@ -41,7 +41,8 @@ class BenchOptions:
     schedules: list[str] = field(default_factory=lambda: list(SCHEDULE_KINDS))
     ranks: list[int] = field(default_factory=lambda: [4, 8])
     microbatch_multiples: list[int] = field(default_factory=lambda: [1, 2, 4])
-    f0_ms: list[float] = field(default_factory=lambda: [20.0, 40.0])
+    f0_ms: list[float] = field(default_factory=lambda: [1.0, 2.0, 20.0, 40.0])
+    small_message_f0_ms: list[float] = field(default_factory=lambda: [1.0, 2.0])
     steps: int | None = None  # timed steps; None: each part's default
     mpiexec: str | None = None  # launcher command for `all`; None: see launcher.find_launcher
     timeout_s: float = 3600.0
@@ -60,6 +61,8 @@ class BenchOptions:
                 "--ranks", ",".join(map(str, self.ranks)),
                 "--microbatch-multiples", ",".join(map(str, self.microbatch_multiples)),
                 "--f0-ms", ",".join(f"{value:g}" for value in self.f0_ms),
+                "--small-message-f0-ms",
+                ",".join(f"{value:g}" for value in self.small_message_f0_ms),
             ]
         if self.steps is not None and part in MPI_PARTS:
             arguments += ["--steps", str(self.steps)]
@@ -95,6 +98,11 @@ def check_options(options: BenchOptions) -> None:
                          f"{options.time_limit_s}")
     if options.workers < 1:
         raise UsageError(f"--workers: expected at least 1 solver thread, got {options.workers}")
+    if any(value <= 0 for value in options.small_message_f0_ms):
+        raise UsageError(
+            "--small-message-f0-ms: expected positive numbers separated by commas (or nothing), "
+            f"got {options.small_message_f0_ms}"
+        )
     if options.steps is not None and options.steps < 1:
         raise UsageError(f"--steps: expected at least 1 timed step, got {options.steps}")
 
@@ -108,6 +116,7 @@ def emulated_settings(options: BenchOptions):
     settings = EmulatedSettings(
         ranks=options.ranks, microbatch_multiples=options.microbatch_multiples,
         schedules=options.schedules, f0_ms=options.f0_ms,
+        small_message_f0_ms=options.small_message_f0_ms,
     )
     if options.quick:
         settings.d_model, settings.seq_len, settings.steps = 256, 256, 2

@@ -1,11 +1,15 @@
 """Emulated-accelerator benchmark: the real engine and real messages, compute emulated.
 
-For every (D, N, schedule, f0) case the first D ranks of the job train a few
-steps of the emulated model (see emulated_model.py); the others sleep. The
-same op costs and a measured one-way message time go into the simulator,
-so `measured / simulated - 1` is the runtime's own overhead: what the
-engine, MPI and the host add to a pipeline that a perfect runtime would run
-in exactly the simulated makespan.
+For every (D, N, schedule, f0, message size) case the first D ranks of the
+job train a few steps of the emulated model (see emulated_model.py); the
+others sleep. The same op costs and a measured one-way message time go into
+the simulator, so `measured / simulated - 1` is the runtime's own overhead:
+what the engine, MPI and the host add to a pipeline that a perfect runtime
+would run in exactly the simulated makespan. Divided by the ops of the
+busiest rank, the same gap is the runtime's cost per op. Every case runs
+with the real model's message size; the short-op cases (small_message_f0_ms)
+also run with small messages, where the cost per op is the runtime's alone
+and not MPI's copy of a large message.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from mpipipe.config.schema import Config
 from mpipipe.plan import plan_run
 from mpipipe.runtime.mpi_helpers import first_ranks
 from mpipipe.schedules import SCHEDULE_KINDS, build_schedule, can_run
+from mpipipe.schedules.ops import OpType
 from mpipipe.schedules.simulate import OpCosts, simulate
 from mpipipe.trainer import Trainer
 
@@ -39,7 +44,10 @@ class EmulatedSettings:
     ranks: list[int] = field(default_factory=lambda: [4, 8])
     microbatch_multiples: list[int] = field(default_factory=lambda: [1, 2, 4])  # N = k * D
     schedules: list[str] = field(default_factory=lambda: list(SCHEDULE_KINDS))
-    f0_ms: list[float] = field(default_factory=lambda: [20.0, 40.0])
+    f0_ms: list[float] = field(default_factory=lambda: [1.0, 2.0, 20.0, 40.0])
+    # f0 values whose cases run once more with messages of small_message_bytes
+    small_message_f0_ms: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    small_message_bytes: int = 64 * 1024
     d_model: int = 1024
     seq_len: int = 1024
     microbatch_size: int = 1
@@ -48,14 +56,29 @@ class EmulatedSettings:
 
     @property
     def message_bytes(self) -> int:
+        """The real model's message: one micro-batch of hidden states."""
         return self.microbatch_size * self.seq_len * self.d_model * np.dtype(np.float32).itemsize
 
-    def cases(self, ranks: int) -> list[tuple[int, str, float]]:
-        """(N, schedule, f0 in seconds) of every case on `ranks` pipeline ranks that the
-        schedule can run (dualpipev, for one, needs N >= 2D)."""
+    def channels(self, message_bytes: int) -> int:
+        """The emulated model's width that makes its messages `message_bytes` long."""
+        per_channel = self.microbatch_size * self.seq_len * np.dtype(np.float32).itemsize
+        return max(1, message_bytes // per_channel)
+
+    def message_sizes(self) -> list[int]:
+        sizes = [self.message_bytes]
+        if self.small_message_f0_ms and self.small_message_bytes != self.message_bytes:
+            sizes.append(self.small_message_bytes)
+        return sizes
+
+    def cases(self, ranks: int) -> list[tuple[int, str, float, int]]:
+        """(N, schedule, f0 in seconds, message bytes) of every case on `ranks` pipeline ranks
+        that the schedule can run (dualpipev, for one, needs N >= 2D)."""
+        sized = [(f0_ms, self.message_bytes) for f0_ms in self.f0_ms]
+        if self.small_message_bytes != self.message_bytes:
+            sized += [(f0_ms, self.small_message_bytes) for f0_ms in self.small_message_f0_ms]
         return [
-            (multiple * ranks, kind, f0_ms / 1e3)
-            for f0_ms in self.f0_ms
+            (multiple * ranks, kind, f0_ms / 1e3, message_bytes)
+            for f0_ms, message_bytes in sized
             for multiple in self.microbatch_multiples
             for kind in self.schedules
             if can_run(kind, ranks, multiple * ranks)
@@ -80,10 +103,17 @@ class EmulatedResult:
     wait_fraction: float  # mean over ranks: time blocked on messages and syncs / window
     step_samples_s: list[float]
     window_samples_s: list[float]
+    message_bytes: int = 0  # of each activation and gradient message
+    busiest_ops: int = 0  # F, B, I and W ops of the rank that runs the most of them
 
     @property
     def overhead(self) -> float:
         return self.step_s / self.simulated_s - 1.0
+
+    @property
+    def per_op_overhead_s(self) -> float:
+        """(step - simulated) / the ops of the busiest rank: the runtime's cost per op."""
+        return (self.step_s - self.simulated_s) / max(1, self.busiest_ops)
 
     @property
     def window_overhead(self) -> float:
@@ -94,6 +124,7 @@ class EmulatedResult:
             **asdict(self),
             "overhead": self.overhead,
             "window_overhead": self.window_overhead,
+            "per_op_overhead_s": self.per_op_overhead_s,
         }
 
 
@@ -113,12 +144,17 @@ def bench_config(kind: str, ranks: int, microbatches: int, settings: EmulatedSet
 
 
 def run_case(
-    comm, kind: str, microbatches: int, f0_s: float, latency_s: float, settings: EmulatedSettings
+    comm, kind: str, microbatches: int, f0_s: float, latency_s: float, settings: EmulatedSettings,
+    message_bytes: int | None = None,
 ) -> EmulatedResult:
-    """Train the emulated model on every rank of `comm`; the result is the same on every rank."""
+    """Train the emulated model on every rank of `comm` with messages of `message_bytes` (by
+    default the real model's); the result is the same on every rank."""
     ranks = comm.Get_size()
+    message_bytes = message_bytes or settings.message_bytes
     config = bench_config(kind, ranks, microbatches, settings)
-    model = emulated_model(settings.d_model, settings.seq_len, body_layers=2 * ranks)
+    model = emulated_model(
+        settings.channels(message_bytes), settings.seq_len, body_layers=2 * ranks
+    )
     batcher = ZeroBatcher(settings.microbatch_size, settings.seq_len)
     plan = plan_run(config, ranks, comm.Get_rank(), model=model, batcher=batcher)
     costs = stage_costs(f0_s, ranks, plan.schedule.stages)
@@ -153,16 +189,19 @@ def run_case(
         wait_fraction=statistics.median(
             statistics.mean(row["wait_s"]) / row["window_s"] for row in timed
         ),
-
         step_samples_s=[row["step_time_s"] for row in timed],
         window_samples_s=[row["window_s"] for row in timed],
+        message_bytes=message_bytes,
+        busiest_ops=max(
+            sum(op.type is not OpType.SYNC for op in rank_ops) for rank_ops in plan.schedule.ops
+        ),
     )
 
 
 def check_cases(settings: EmulatedSettings) -> None:
     """Raise UsageError for the first (schedule, D, N) of `settings` that cannot be built."""
     for ranks in settings.ranks:
-        for microbatches, kind, _ in settings.cases(ranks):
+        for microbatches, kind, _, _ in settings.cases(ranks):
             build_schedule(kind, ranks, microbatches)
 
 
@@ -172,9 +211,11 @@ def run_emulated(comm, settings: EmulatedSettings, report=print) -> list[Emulate
     for ranks in settings.ranks:
         sub = first_ranks(comm, ranks)
         if sub is not None:
-            latency_s = one_way_seconds(sub, settings.message_bytes)
-            for microbatches, kind, f0_s in settings.cases(ranks):
-                result = run_case(sub, kind, microbatches, f0_s, latency_s, settings)
+            latencies = {size: one_way_seconds(sub, size) for size in settings.message_sizes()}
+            for microbatches, kind, f0_s, size in settings.cases(ranks):
+                result = run_case(
+                    sub, kind, microbatches, f0_s, latencies[size], settings, message_bytes=size
+                )
                 if comm.Get_rank() == 0:
                     results.append(result)
                     report(progress_line(result))
@@ -183,11 +224,16 @@ def run_emulated(comm, settings: EmulatedSettings, report=print) -> list[Emulate
     return results
 
 
+def message_text(nbytes: int) -> str:
+    return f"{nbytes / 2**20:g} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:g} KiB"
+
+
 def progress_line(result: EmulatedResult) -> str:
     return (
         f"emulated D={result.ranks} N={result.microbatches} {result.schedule} "
-        f"f0={result.f0_s * 1e3:g} ms: step {result.step_s * 1e3:.1f} ms, simulated "
-        f"{result.simulated_s * 1e3:.1f} ms, overhead {100 * result.overhead:+.1f}%"
+        f"f0={result.f0_s * 1e3:g} ms {message_text(result.message_bytes)}: step "
+        f"{result.step_s * 1e3:.1f} ms, simulated {result.simulated_s * 1e3:.1f} ms, overhead "
+        f"{100 * result.overhead:+.1f}% ({result.per_op_overhead_s * 1e6:+.0f} us per op)"
     )
 
 
@@ -202,8 +248,14 @@ class BitpipeRatio:
 
 
 def bitpipe_ratios(results: list[EmulatedResult]) -> list[BitpipeRatio]:
-    """BitPipe's throughput over each rival at the same D, N and f0, measured and simulated."""
-    by_case = {(r.ranks, r.microbatches, r.f0_s, r.schedule): r for r in results}
+    """BitPipe's throughput over each rival at the same D, N and f0, measured and simulated
+    (with the real model's messages, the largest of the run)."""
+    largest = max((r.message_bytes for r in results), default=0)
+    by_case = {
+        (r.ranks, r.microbatches, r.f0_s, r.schedule): r
+        for r in results
+        if r.message_bytes == largest
+    }
     ratios = []
     for (ranks, microbatches, f0_s, kind), bitpipe in by_case.items():
         if kind != "bitpipe":

@@ -17,9 +17,12 @@ import numpy as np
 
 from mpipipe.backend import Backend
 from mpipipe.layers.base import MicroBatch
+from mpipipe.runtime.watchdog import precise_sleeps
 from mpipipe.schedules.simulate import OpCosts
 
-PROGRESS_POLL_S = 2e-4
+# How often the waiting host lets MPI progress: often enough that a message's copy starts
+# soon after it arrives, as the GPU backend's polls every DEVICE_POLL_S (plus a wake-up).
+PROGRESS_POLL_S = 5e-5
 
 
 class Sleeper:
@@ -57,6 +60,8 @@ class EmulatedAccelerator(Backend):
         self.busy_until = max(self.busy_until, time.perf_counter()) + seconds
 
     def synchronize(self, while_waiting: Callable[[], object] | None = None) -> None:
+        """Wait for the queued work; with `while_waiting`, call it every PROGRESS_POLL_S
+        meanwhile."""
         if while_waiting is None:
             self.sleeper.sleep_until(self.busy_until)
             return
@@ -66,6 +71,7 @@ class EmulatedAccelerator(Backend):
 
 
 def emulated_accelerator() -> EmulatedAccelerator:
+    precise_sleeps()  # as the engine's watchdog will, before the sleeper measures its overshoot
     return EmulatedAccelerator(xp=np, dtype=np.float32, device="cpu")
 
 

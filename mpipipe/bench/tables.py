@@ -12,6 +12,7 @@ from mpipipe.bench.emulated import (
     BitpipeRatio,
     EmulatedResult,
     EmulatedSettings,
+    message_text,
 )
 from mpipipe.bench.gpu import FusedResult, GpuModelResult, GpuSettings
 from mpipipe.bench.layers import LayerResult, LayerSettings
@@ -21,6 +22,7 @@ from mpipipe.schedules import SCHEDULE_KINDS
 
 OVERHEAD_TARGET = 0.05
 TARGET_OP_S = 0.020  # the overhead target applies where ops last this long or longer
+SHORT_F0_S = 0.002  # rows with f0 up to this are summarised by their cost per op
 
 
 def milliseconds(seconds: float) -> str:
@@ -30,37 +32,51 @@ def milliseconds(seconds: float) -> str:
 def emulated_markdown(
     results: list[EmulatedResult], ratios: list[BitpipeRatio], settings: EmulatedSettings
 ) -> str:
-    mib = settings.message_bytes / 2**20
-    latencies = sorted({(r.ranks, r.latency_s) for r in results})
-    latency_text = ", ".join(f"{latency * 1e3:.2f} ms at D={ranks}" for ranks, latency in latencies)
+    sizes = " and ".join(message_text(size) for size in settings.message_sizes())
+    latencies = sorted({(r.ranks, r.message_bytes, r.latency_s) for r in results})
+    latency_text = ", ".join(
+        f"{latency * 1e3:.3f} ms for {message_text(size)} at D={ranks}"
+        for ranks, size, latency in latencies
+    )
+    small = ", ".join(f"{f0:g}" for f0 in settings.small_message_f0_ms)
     lines = [
         "### Emulated accelerator: runtime overhead against the simulator",
         "",
         "**This mode emulates compute.** Every F, B, I and W op keeps an emulated device busy "
-        "for its cost while the host waits, idle, in the engine's synchronize (as a host "
-        "waiting on an accelerator does); the engine, the schedule and every message are "
-        "real: MPI point-to-point messages of "
-        f"{mib:g} MiB (d_model {settings.d_model}, sequence {settings.seq_len}, micro-batch "
-        f"{settings.microbatch_size}, float32). Costs per op of one stage: F = f0·D/S, B = 2F, "
+        "for its cost while the host waits, idle but for letting MPI progress, in the engine's "
+        "synchronize (as a host waiting on an accelerator does); the engine, the schedule and "
+        "every message are real: MPI point-to-point messages of "
+        f"{message_text(settings.message_bytes)} (d_model {settings.d_model}, sequence "
+        f"{settings.seq_len}, micro-batch {settings.microbatch_size}, float32)"
+        + (f", and of {message_text(settings.small_message_bytes)} at f0 = {small} ms"
+           if len(settings.message_sizes()) > 1 else "")
+        + ". Costs per op of one stage: F = f0·D/S, B = 2F, "
         "I = W = F, so every schedule runs the same model. The model's parameters are one "
         "number per layer, so gradient syncs and the optimizer cost next to nothing. The "
-        f"simulator gets the same costs and the measured one-way message time ({latency_text}). "
+        "simulator gets the same costs and the measured one-way message time (the fastest of "
+        f"20 round trips, halved: {latency_text}). "
         f"Step: median of {settings.steps} trainer steps after {settings.warmup_steps} warm-up "
         "(forward-backward, syncs, optimizer, statistics); window: first op start to last op "
-        "end over ranks. Overhead = step / simulated − 1. Bubble: mean over ranks of idle / "
-        "window (measured) and idle / makespan (simulated).",
+        "end over ranks. Overhead = step / simulated − 1; per op = (step − simulated) / the "
+        "F, B, I and W ops of the busiest rank, the runtime's cost per op. Bubble: mean over "
+        "ranks of idle / window (measured) and idle / makespan (simulated). "
+        f"Messages: {sizes}.",
         "",
     ]
-    headers = ["D", "N", "schedule", "S", "F op (ms)", "step (ms)", "window (ms)",
-               "simulated (ms)", "overhead", "bubble", "simulated bubble"]
+    headers = ["D", "N", "schedule", "S", "message", "F op (ms)", "step (ms)", "window (ms)",
+               "simulated (ms)", "overhead", "per op (µs)", "bubble", "simulated bubble"]
     rows = [
         [str(r.ranks), str(r.microbatches), r.schedule, str(r.stages),
-         milliseconds(r.f0_s * r.ranks / r.stages), milliseconds(r.step_s),
-         milliseconds(r.window_s), milliseconds(r.simulated_s), percent(r.overhead),
+         message_text(r.message_bytes), milliseconds(r.f0_s * r.ranks / r.stages),
+         milliseconds(r.step_s), milliseconds(r.window_s), milliseconds(r.simulated_s),
+         percent(r.overhead), f"{r.per_op_overhead_s * 1e6:+.0f}",
          fraction(r.bubble), fraction(r.simulated_bubble)]
-        for r in sorted(results, key=lambda r: (r.f0_s, r.ranks, r.microbatches))
+        for r in sorted(results, key=lambda r: (-r.message_bytes, r.f0_s, r.ranks, r.microbatches))
     ]
     lines += [markdown_table(headers, rows), "", overhead_summary(results), ""]
+    short = per_op_summary(results)
+    if short:
+        lines += [short, ""]
     if ratios:
         lines += [bitpipe_markdown(ratios), ""]
     return "\n".join(lines)
@@ -78,6 +94,26 @@ def overhead_summary(results: list[EmulatedResult]) -> str:
         f"median overhead {percent(statistics.median(r.overhead for r in long_ops))}, worst "
         f"{percent(worst.overhead)} ({worst.schedule}, D={worst.ranks}, N={worst.microbatches})."
     )
+
+
+def per_op_summary(results: list[EmulatedResult]) -> str:
+    """The runtime's cost per op where ops are short, by message size."""
+    parts = []
+    for size in sorted({r.message_bytes for r in results}, reverse=True):
+        short = [r for r in results if r.message_bytes == size and r.f0_s <= SHORT_F0_S + 1e-9]
+        if not short:
+            continue
+        worst = max(short, key=lambda r: r.per_op_overhead_s)
+        parts.append(
+            f"{message_text(size)}: median "
+            f"{statistics.median(r.per_op_overhead_s for r in short) * 1e6:.0f} µs, worst "
+            f"{worst.per_op_overhead_s * 1e6:.0f} µs ({worst.schedule}, D={worst.ranks}, "
+            f"N={worst.microbatches}, f0={worst.f0_s * 1e3:g} ms)"
+        )
+    if not parts:
+        return ""
+    return (f"Runtime cost per op where f0 ≤ {SHORT_F0_S * 1e3:g} ms: " + "; ".join(parts)
+            + ".")
 
 
 def bitpipe_markdown(ratios: list[BitpipeRatio]) -> str:

@@ -38,8 +38,11 @@ def register(subparsers) -> None:
     parser.add_argument("--microbatch-multiples", default=None, metavar="LIST",
                         help="emulated, schedules: N as multiples of D (default 1,2,4; quick: 1)")
     parser.add_argument("--f0-ms", default=None, metavar="LIST",
-                        help="emulated: forward time of one 1F1B stage in ms (default 20,40; "
+                        help="emulated: forward time of one 1F1B stage in ms (default 1,2,20,40; "
                         "quick: 5)")
+    parser.add_argument("--small-message-f0-ms", default=None, metavar="LIST",
+                        help="emulated: f0 values in ms whose cases also run with 64 KiB "
+                        "messages (default 1,2; quick: none; '' for none)")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per case (default: each part's own)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
@@ -82,6 +85,8 @@ def options_from(args):
         microbatch_multiples=parse_list(args.microbatch_multiples, "--microbatch-multiples", int,
                                         [1] if quick else defaults.microbatch_multiples),
         f0_ms=parse_list(args.f0_ms, "--f0-ms", float, [5.0] if quick else defaults.f0_ms),
+        small_message_f0_ms=parse_list(args.small_message_f0_ms, "--small-message-f0-ms", float,
+                                       [] if quick else defaults.small_message_f0_ms),
         steps=args.steps,
         mpiexec=args.mpiexec,
         timeout_s=args.timeout,

@@ -1,19 +1,17 @@
 """Everything one step of the engine holds, made fresh for every step and dropped after it.
 
 A chunk is one (pipe, stage, micro-batch): its forward cache waits for its
-backward (or I half), the I half's result waits for the W half, and the
-receive buffers its ops took wait until the chunk's backward is done.
+backward (or I half), and the I half's result waits for the W half. The
+receive buffers are the engine's, chosen once (runtime/receive_slots.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mpipipe.comm import PendingReceive
 from mpipipe.layers.base import MicroBatch
+from mpipipe.runtime.receive_slots import ChunkKey
 from mpipipe.schedules.lowering import Transfer
-
-ChunkKey = tuple[int, int, int]  # (pipe, stage, micro-batch)
 
 
 @dataclass
@@ -22,10 +20,9 @@ class StepState:
     contexts: dict[int, MicroBatch] = field(default_factory=dict)  # by micro-batch
     caches: dict[ChunkKey, object] = field(default_factory=dict)  # forward, awaiting backward
     weight_caches: dict[ChunkKey, object] = field(default_factory=dict)  # I half, awaiting W
-    held_buffers: dict[ChunkKey, list] = field(default_factory=dict)  # receive buffers in use
     handovers: dict[Transfer, object] = field(default_factory=dict)  # between stages of a rank
-    posted: dict[int, PendingReceive] = field(default_factory=dict)  # by the op position needing it
-    next_receive: int = 0  # index of the next receive of the engine's plan to post
+    next_receive: int = 0  # index of the next receive of the engine's plan to start
+    finished_receives: int = 0  # receives of the plan finished so far
     losses: list = field(default_factory=list)  # the last stage's loss shares
     compute_s: float = 0.0
     wait_s: float = 0.0

@@ -28,14 +28,12 @@ class Timeline:
         self.events: list[dict] = []
         self.step = -1
         self.steps_recorded = 0
-
-    @property
-    def recording(self) -> bool:
-        return self.steps_recorded <= self.max_steps and self.step >= 0
+        self.recording = False  # whether this step's intervals are kept
 
     def begin_step(self, step: int) -> None:
         self.step = step
         self.steps_recorded += 1
+        self.recording = self.steps_recorded <= self.max_steps and step >= 0
 
     def add(self, name: str, category: str, start: float, end: float) -> None:
         """Record one interval measured with MPI.Wtime on this rank."""
