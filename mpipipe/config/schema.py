@@ -130,7 +130,9 @@ class RuntimeConfig:
     timeout_s: float = option(300.0, "watchdog: abort when one wait exceeds this", minimum=0.0)
     trace: bool = option(True, "write trace.json (Chrome/Perfetto) of every op")
     trace_steps: int = option(3, "steps recorded in trace.json, from the first", minimum=1)
-    recv_window: int = option(8, "receives posted ahead of the op that needs them", minimum=1)
+    recv_window: int = option(
+        8, "at most this many receives started ahead of the op that needs them", minimum=1
+    )
     recompute: str = option(
         "none", "compute again in the backward: each block's attention probabilities "
         "(attention), or the whole block, keeping only its input (block)",
