@@ -104,6 +104,7 @@ class Trainer:
         self.step = 0
         self.started = time.monotonic()
         self.slowest_save_s = 0.0
+        self.skipped_steps = 0  # non-finite steps skipped since this process started
         # Some rank was asked to stop during the last step: every rank learns it at its end.
         self.stop_asked_on_some_rank = False
         self.preempted = False  # run() saved and returned early because of a stop request
@@ -152,10 +153,18 @@ class Trainer:
                 f"{what} not finite; stopping (train.on_nan = 'stop'; use 'skip' to skip "
                 "such steps)"
             )
+        self.skipped_steps += 1
+        bound = self.config.train.max_skipped_steps
+        if self.skipped_steps > bound:
+            raise CollectiveStop(
+                f"{what} not finite: {self.skipped_steps} steps skipped in this run, more than "
+                f"train.max_skipped_steps = {bound} (train.on_nan = 'skip'); the run is not "
+                "training: lower optim.lr, raise optim.warmup_steps or check the data"
+            )
         if self.verbose:
             print(
                 f"mpipipe: warning: {what} not finite; skipping the optimizer step "
-                "(train.on_nan = 'skip')",
+                f"(train.on_nan = 'skip', {self.skipped_steps} of at most {bound} skipped)",
                 flush=True,
             )
 

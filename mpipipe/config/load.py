@@ -119,7 +119,9 @@ def _apply_value(config: Config, section: str, key: str, value, origin: str, fol
     if key not in key_fields:
         raise UsageError(f"{origin}: {_unknown_key(section, key, key_fields)}")
     expected = typing.get_type_hints(section_class)[key]
-    problem = _check_value(f"{section}.{key}", value, expected, key_fields[key].metadata)
+    key_field = key_fields[key]
+    problem = _check_value(f"{section}.{key}", value, expected, key_field.metadata,
+                           key_field.default)
     if problem:
         raise UsageError(f"{origin}: {problem}")
     if _names_a_file(value, key_fields[key].metadata):
@@ -142,7 +144,7 @@ def _section_of_key(key: str) -> str | None:
     return None
 
 
-def _check_value(name: str, value, expected: type, metadata) -> str | None:
+def _check_value(name: str, value, expected: type, metadata, default) -> str | None:
     """Why `value` is not acceptable for key `name`, or None when it is."""
     if not _has_type(value, expected):
         hint = ""
@@ -167,6 +169,13 @@ def _check_value(name: str, value, expected: type, metadata) -> str | None:
     maximum = metadata.get("maximum")
     if maximum is not None and value > maximum:
         return f"{name} = {_show(value)} is above the maximum {maximum} (use {maximum} or less)"
+    above, below = metadata.get("above"), metadata.get("below")
+    if above is not None and not value > above:
+        return (f"{name} = {_show(value)} must be above {above} (use a value over {above}, "
+                f"such as {_show(default)})")
+    if below is not None and not value < below:
+        return (f"{name} = {_show(value)} must be below {below} (use a value under {below}, "
+                f"such as {_show(default)})")
     return None
 
 
