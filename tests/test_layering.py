@@ -105,6 +105,8 @@ RULES = [
     Rule("schedules know nothing of MPI, arrays, plots or the runtime", ("mpipipe.schedules",),
          (*MPI_ARRAYS_PLOTS, "mpipipe"), allowed=("mpipipe.errors", "mpipipe.schedules")),
     Rule("the bottom of the package imports nothing of mpipipe", BOTTOM, ("mpipipe",)),
+    Rule("the path checks import only the errors", ("mpipipe.paths",), ("mpipipe",),
+         allowed=("mpipipe.errors",)),
     Rule("models do not import the data", ("mpipipe.models",), ("mpipipe.data",)),
     Rule("data imports no layers, models or runtime", ("mpipipe.data",),
          ("mpipipe.layers", "mpipipe.models", "mpipipe.engine", "mpipipe.comm",

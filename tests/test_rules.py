@@ -11,6 +11,7 @@ assert instead of giving a second user-facing message.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -93,6 +94,16 @@ class Rule:
     lower_layers: tuple[Callable[[], object], ...]  # the same mistake given directly
 
 
+def config_at(make_path: Callable[[Path], str]) -> Callable[[Path], None]:
+    """Load a config from the path `make_path` prepares."""
+    return lambda tmp_path: load_config(make_path(tmp_path))
+
+
+def fifo(tmp_path: Path) -> str:
+    os.mkfifo(tmp_path / "pipe")
+    return str(tmp_path / "pipe")
+
+
 RULES = [
     Rule(
         "model.d_model is a multiple of model.n_head",
@@ -172,6 +183,21 @@ RULES = [
         ("config/load.py", "_apply_value"),
         (configured("optim.eps=-1e-8"),),
         (lambda: build_optimizer([], OptimConfig(eps=0.0)),),
+    ),
+    Rule(
+        "an input file is a readable regular file (stat before open)",
+        config_at(lambda tmp_path: "/dev/null"),
+        "config file '/dev/null' is a character device, not a regular file; give the path of a "
+        "TOML file saved as UTF-8",
+        "not a regular file",
+        ("paths.py", "require_file"),
+        (
+            config_at(fifo),
+            batcher_of("data.source=text", "data.path=/dev/zero"),
+            batcher_of("data.source=npy", "data.path=/dev/null"),
+            batcher_of("data.source=hdf5", "data.path=/dev/null"),
+        ),
+        (),
     ),
     Rule(
         "a value is one of its key's choices (devices, float types, schedules, model kinds, "

@@ -36,7 +36,9 @@ from mpipipe.checkpoint.layout import (
 )
 from mpipipe.checkpoint.save import RunState
 from mpipipe.checkpoint.schedule_identity import schedule_change
+from mpipipe.checkpoint.verify_metadata import metadata_problems, refuse_model_changes
 from mpipipe.errors import UsageError
+from mpipipe.paths import require_file
 
 _H5PY_REASON = re.compile(r"\(([^()]*)\)\s*$")
 
@@ -95,19 +97,15 @@ def _find(spec: str, checkpoint_dir: str | None) -> tuple[str, list[str]]:
                 "checkpoint file, a folder of them, or 'latest'"
             )
         return latest, []
-    if not os.path.exists(spec):
-        raise UsageError(
-            f"--resume {spec}: no such file; give a checkpoint file (step_*.h5), a folder of "
-            "them, or 'latest' for this run's newest"
-        )
+    require_file(spec, "--resume", "give a checkpoint file (step_*.h5), a folder of them, or "
+                 "'latest' for this run's newest")
     return spec, []
 
 
 @contextlib.contextmanager
 def open_checkpoint(path: str):
     """The file, read-only, once its format and version are known to be ours."""
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint {path}: no such file; give the path of a step_*.h5 file")
+    require_file(path, "checkpoint", "give the path of a step_*.h5 file")
     try:
         file = h5py.File(path, "r", locking=False)
     except OSError as error:
@@ -179,6 +177,13 @@ def load_checkpoint(state: RunState, path: str) -> LoadedCheckpoint:
     store, optimizer = state.store, state.optimizer
     state_names = type(optimizer).STATE_NAMES
     with open_checkpoint(path) as file:
+        problems = metadata_problems(file, path)
+        if problems:
+            raise UsageError(
+                f"checkpoint {path}: {problems[0]}: the file's metadata is damaged; resume from "
+                "an earlier checkpoint (mpipipe ckpt verify lists every problem)"
+            )
+        refuse_model_changes(file, path, state.plan.config.model)
         change = schedule_change(file.attrs, path, state.plan)
         _check_model(file, path, store.layout.shapes)
         _check_optimizer(file, path, state.plan.config.optim.name, state_names,
@@ -226,7 +231,7 @@ def _check_model(file, path: str, shapes: dict) -> None:
 
 
 def _check_optimizer(file, path: str, name: str, state_names, shapes: dict) -> None:
-    saved_name = file[OPTIM_GROUP].attrs.get("name") if OPTIM_GROUP in file else None
+    saved_name = file[OPTIM_GROUP].attrs["name"]  # metadata_problems made sure it is there
     if saved_name != name:
         raise UsageError(
             f"checkpoint {path} holds the state of optimizer {saved_name!r}, the run uses "

@@ -23,6 +23,7 @@ from dataclasses import fields
 from mpipipe.config.schema import SECTIONS, Config
 from mpipipe.config.show import toml_value
 from mpipipe.errors import UsageError, did_you_mean
+from mpipipe.paths import read_text
 
 try:
     import tomllib
@@ -50,6 +51,21 @@ def load_config(path: str | None, overrides: Iterable[str] = ()) -> Config:
     return config
 
 
+def load_sections(text: str, sections: Iterable[str], origin: str) -> Config:
+    """Defaults, then only `sections` of the TOML `text` (such as a checkpoint's stored config).
+
+    Raises UsageError naming `origin` when the text is not TOML or a value breaks its rule.
+    """
+    try:
+        tables = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{origin}: {_describe_syntax_error(error)}") from None
+    config = Config()
+    for section in sections:
+        _apply_section(config, section, tables.get(section, {}), origin)
+    return config
+
+
 def parse_override(override: str) -> tuple[str, str, object]:
     """'section.key=value' -> (section, key, value); value as TOML if it parses, else a string."""
     name, equals, text = override.partition("=")
@@ -66,19 +82,7 @@ def parse_override(override: str) -> tuple[str, str, object]:
 
 
 def _read_toml(path: str) -> dict:
-    if not os.path.exists(path):
-        raise UsageError(f"config file {path!r} does not exist (give the path of a TOML file)")
-    if os.path.isdir(path):
-        raise UsageError(f"config file {path!r} is a folder; give the path of a TOML file")
-    try:
-        with open(path, "rb") as file:
-            text = file.read().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise UsageError(
-            f"config file {path!r} is not UTF-8 text (byte {error.start}); save it as UTF-8"
-        ) from None
-    except OSError as error:
-        raise UsageError(f"config file {path!r} cannot be read: {error.strerror}") from None
+    text = read_text(path, "config file", "give the path of a TOML file saved as UTF-8")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

@@ -10,6 +10,7 @@ import codecs
 import os
 
 from mpipipe.errors import UsageError
+from mpipipe.paths import path_problem
 from mpipipe.schedules.csv_io import from_csv
 from mpipipe.schedules.schedule import Schedule
 
@@ -26,13 +27,13 @@ def read_schedule_file(path: str, source: str) -> Schedule:
 
 def read_schedule_text(path: str, source: str) -> str:
     """The file's text, or a UsageError saying why it is not a readable UTF-8 text file."""
-    if not os.path.exists(path):
+    problem = path_problem(path)  # stat first: a named pipe would block, a device never end
+    if problem is not None:
+        said = ": no such file" if problem == "does not exist" else f" {problem}"
         raise UsageError(
-            f"{source}: no such file; give the path of a schedule CSV (mpipipe schedule KIND "
+            f"{source}{said}; give the path of a schedule CSV file (mpipipe schedule KIND "
             "-D D -N N --format csv --out FILE writes one)"
         )
-    if os.path.isdir(path):
-        raise UsageError(f"{source} is a folder; give the path of a schedule CSV file")
     try:
         size = os.path.getsize(path)
         if size > MAX_SCHEDULE_BYTES:
