@@ -127,7 +127,7 @@ def test_folder_finds_latest_ignores_partials_and_prunes(tmp_path):
 def test_resume_latest_without_a_checkpoint_says_so_and_removes_partials(tmp_path):
     partial = tmp_path / (folder.checkpoint_name(4) + folder.PARTIAL_SUFFIX)
     partial.write_text("half")
-    with pytest.raises(UsageError, match="no complete checkpoint in .*run without --resume"):
+    with pytest.raises(UsageError, match="no complete checkpoint in .*anew with --overwrite"):
         resolve_resume("latest", str(tmp_path), MPI.COMM_WORLD)
     assert not partial.exists()
     with pytest.raises(UsageError, match="does not exist"):

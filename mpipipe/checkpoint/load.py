@@ -39,6 +39,9 @@ from mpipipe.checkpoint.schedule_identity import schedule_change
 from mpipipe.checkpoint.verify_metadata import metadata_problems, refuse_model_changes
 from mpipipe.errors import UsageError
 from mpipipe.paths import require_file
+from mpipipe.runtime.failure import DEFAULT_TIMEOUT_S
+from mpipipe.runtime.phase_watchdog import PhaseWatchdog
+from mpipipe.runtime.rendezvous import Rendezvous
 
 _H5PY_REASON = re.compile(r"\(([^()]*)\)\s*$")
 
@@ -58,11 +61,13 @@ class ResumePoint:
     removed_partials: list[str]
 
 
-def resolve_resume(spec: str, checkpoint_dir: str | None, comm) -> ResumePoint:
+def resolve_resume(spec: str, checkpoint_dir: str | None, comm,
+                   rendezvous: Rendezvous | None = None) -> ResumePoint:
     """The file `--resume spec` means: 'latest', a folder (its newest) or a file.
 
     Rank 0 looks (and, for 'latest', removes partial files of crashed saves);
-    every rank gets its answer, or raises the same UsageError.
+    every rank gets its answer, or raises the same UsageError. The ranks meet
+    at `rendezvous` (one made for the occasion when None).
     """
     answer: tuple = (None, [], None)
     if comm.Get_rank() == 0:
@@ -70,7 +75,13 @@ def resolve_resume(spec: str, checkpoint_dir: str | None, comm) -> ResumePoint:
             answer = (*_find(spec, checkpoint_dir), None)
         except UsageError as error:
             answer = (None, [], str(error))
-    path, removed, error = comm.bcast(answer, root=0)
+    watchdog = rendezvous.watchdog if rendezvous else PhaseWatchdog(comm.Get_rank(),
+                                                                      DEFAULT_TIMEOUT_S)
+    with watchdog.phase("resume: finding the checkpoint", spec):
+        meeting = rendezvous or Rendezvous(comm, watchdog)
+        path, removed, error = meeting.agree(answer, lambda answers: answers[0])
+        if rendezvous is None:
+            meeting.free()
     if error is not None:
         raise UsageError(error)
     return ResumePoint(path, removed)
@@ -86,7 +97,8 @@ def _find(spec: str, checkpoint_dir: str | None) -> tuple[str, list[str]]:
             partials = f" (removed {len(removed)} partial file(s) of unfinished saves)"
             raise UsageError(
                 f"--resume latest: no complete checkpoint in {checkpoint_dir}"
-                f"{partials if removed else ''}; run without --resume to start a new run"
+                f"{partials if removed else ''}; start the run anew with --overwrite instead of "
+                "--resume"
             )
         return latest, removed
     if os.path.isdir(spec):

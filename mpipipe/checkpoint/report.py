@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
+from mpipipe.checkpoint.folder import size_text
 from mpipipe.checkpoint.layout import CHECKSUM_ATTRIBUTE, MODEL_GROUP, OPTIM_GROUP, checksum
 from mpipipe.checkpoint.load import datasets_in, open_checkpoint
 from mpipipe.checkpoint.schedule_identity import DIGEST_ATTRIBUTE, SOURCE_ATTRIBUTE
@@ -31,7 +32,7 @@ def describe(path: str) -> str:
         datasets = _datasets(file)
         total = sum(dataset.nbytes for dataset in datasets)
         lines = [
-            f"checkpoint {path} ({_size(os.path.getsize(path))} on disk)",
+            f"checkpoint {path} ({size_text(os.path.getsize(path))} on disk)",
             f"format {attrs['format']} version {attrs['format_version']}, written by mpipipe "
             f"{attrs.get('mpipipe_version', 'unknown')}",
             f"step {attrs['step']} (next sample {attrs['next_sample']}, "
@@ -45,7 +46,7 @@ def describe(path: str) -> str:
             "config:",
             *(f"  {line}" if line else "" for line in str(attrs["config"]).splitlines()),
             "",
-            f"datasets ({len(datasets)}, {_size(total)}):",
+            f"datasets ({len(datasets)}, {size_text(total)}):",
         ]
         width = max((len(dataset.name) for dataset in datasets), default=0)
         for dataset in datasets:
@@ -53,7 +54,7 @@ def describe(path: str) -> str:
             crc_text = "none" if crc is None else f"{int(crc):08x}"
             lines.append(
                 f"  {dataset.name:<{width}}  {str(dataset.shape):<14} {dataset.dtype.name:<8} "
-                f"{_size(dataset.nbytes):>9}  crc32 {crc_text}"
+                f"{size_text(dataset.nbytes):>9}  crc32 {crc_text}"
             )
     return "\n".join(lines)
 
@@ -122,10 +123,3 @@ def _datasets(file) -> list[h5py.Dataset]:
 def _natural(name: str) -> list:
     """Sort /model/10/w after /model/9/w."""
     return [int(part) if part.isdigit() else part for part in name.split("/")]
-
-
-def _size(nbytes: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes} B"
