@@ -40,6 +40,7 @@ BOUNDARIES = [
     (f"train.seed={2**63}", f"train.seed={2**63 - 1}"),
     (f"train.seed={2**64 + 7}", "train.seed=0"),
     ("train.max_skipped_steps=-1", "train.max_skipped_steps=0"),
+    ("runtime.trace_steps=1001", "runtime.trace_steps=1000"),
 ]
 
 

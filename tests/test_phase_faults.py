@@ -127,11 +127,16 @@ def test_a_fault_outside_the_step_ends_the_job_with_one_line(case, tmp_path, sma
         else:
             tmp_path = small_disk / case.name
     run_dir = tmp_path / "run"
-    result = run_ranks(
-        2, mpipipe_args("train", *TINY, "--set", "train.steps=3",
-                        "--set", f"checkpoint.parallel={case.writer}", "--out", str(run_dir)),
-        env={"MPIPIPE_FAULT": fault}, timeout=JOB_LIMIT_S,
-    )
+    try:
+        result = run_ranks(
+            2, mpipipe_args("train", *TINY, "--set", "train.steps=3",
+                            "--set", f"checkpoint.parallel={case.writer}", "--out", str(run_dir)),
+            env={"MPIPIPE_FAULT": fault}, timeout=JOB_LIMIT_S,
+        )
+    except subprocess.TimeoutExpired:
+        for process in job_processes(str(run_dir)):
+            os.kill(process.pid, signal.SIGKILL)
+        pytest.fail(f"{case.name}: the job was still running after {JOB_LIMIT_S} s")
     record_property("seconds_to_end", round(result.seconds, 2))
     assert result.returncode == case.exit_code, result.stderr[-3000:]
     errors = error_lines(result.stderr)

@@ -145,7 +145,10 @@ class RuntimeConfig:
         minimum=1.0,
     )
     trace: bool = option(True, "write trace.json (Chrome/Perfetto) of every op")
-    trace_steps: int = option(3, "steps recorded in trace.json, from the first", minimum=1)
+    trace_steps: int = option(
+        3, "steps recorded in trace.json, from the first (at most 1000: every op of each is "
+        "kept in memory until the end)", minimum=1, maximum=1000,
+    )
     recv_window: int = option(
         8, "at most this many receives started ahead of the op that needs them", minimum=1
     )
