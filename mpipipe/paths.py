@@ -9,12 +9,14 @@ its folder must exist (a device such as /dev/stdout is a fine output).
 
 from __future__ import annotations
 
+import codecs
 import errno
 import os
 import stat
 
 from mpipipe.errors import UsageError
 
+_UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _NOT_REGULAR = (
     (stat.S_ISDIR, "is a folder"),
     (stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file"),
@@ -68,16 +70,23 @@ def read_text(path: str, what: str, advice: str) -> str:
             data = file.read()
     except OSError as error:
         raise UsageError(f"{what} {path!r} cannot be read ({error.strerror}); {advice}") from None
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise UsageError(f"{what} {path!r} is UTF-16 text; save it as UTF-8")
-    if b"\x00" in data:
-        raise UsageError(f"{what} {path!r} holds a NUL byte (byte {data.index(0)}): it is binary "
-                         f"or UTF-16 text, not UTF-8; {advice}")
+    return decode_text(data, f"{what} {path!r}")
+
+
+def decode_text(data: bytes, source: str) -> str:
+    """`data` as UTF-8 text (a byte-order mark first is allowed); `source` names the file."""
+    if data.startswith(_UTF16_MARKS):
+        raise UsageError(f"{source} is UTF-16 text; save it as UTF-8 (or ASCII)")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise UsageError(f"{source} is not UTF-8 text (byte {nul} is NUL: a binary or UTF-16 "
+                         "file); save it as UTF-8 (or ASCII)")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")  # spreadsheets put a byte-order mark first
     except UnicodeDecodeError as error:
-        raise UsageError(f"{what} {path!r} is not UTF-8 text (byte {error.start} is "
-                         f"{data[error.start]:#04x}); {advice}") from None
+        raise UsageError(
+            f"{source} is not UTF-8 text (byte {error.start}); save it as UTF-8 (or ASCII)"
+        ) from None
 
 
 def require_output_file(path: str, what: str, advice: str) -> None:

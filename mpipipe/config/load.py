@@ -62,7 +62,7 @@ def load_sections(text: str, sections: Iterable[str], origin: str) -> Config:
         raise UsageError(f"{origin}: {_describe_syntax_error(error)}") from None
     config = Config()
     for section in sections:
-        _apply_section(config, section, tables.get(section, {}), origin)
+        _apply_section(config, section, tables.get(section, {}), origin, os.getcwd())
     return config
 
 
