@@ -12,6 +12,7 @@ EXIT_ERROR = 1  # an exception on some rank; the job was aborted
 EXIT_USAGE = 2  # bad input (config, command line, data, checkpoint)
 EXIT_HANG = 3  # the watchdog found no progress for runtime.timeout_s
 EXIT_PREEMPTED = 75  # SIGTERM: checkpoint saved; resume with --resume latest (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): no partial checkpoint left
 
 
 class UsageError(Exception):

@@ -36,6 +36,8 @@ from mpipipe.progress import Progress
 from mpipipe.runtime.failure import CollectiveStop
 from mpipipe.runtime.faults import faults_from_environment
 from mpipipe.runtime.params import ParamStore
+from mpipipe.runtime.phase_watchdog import PhaseWatchdog
+from mpipipe.runtime.rendezvous import Rendezvous
 from mpipipe.runtime.stage import StageFactory
 from mpipipe.runtime.step_stats import StepStats
 from mpipipe.runtime.timeline import Timeline, rank0_clock_offset, write_chrome_trace
@@ -71,6 +73,7 @@ class Trainer:
         stage_factory: StageFactory | None = None,
         verbose: bool = True,
         resuming: bool = False,
+        phases: PhaseWatchdog | None = None,
     ):
         self.plan = plan
         self.config = plan.config
@@ -80,6 +83,9 @@ class Trainer:
         self.rank = comm.Get_rank()
         runtime = self.config.runtime
         self.watchdog = Watchdog(self.rank, runtime.timeout_s, dump_dir=out_dir)
+        # Saves and resumes meet here, under the phase watchdog (runtime/rendezvous.py).
+        self.phases = phases or PhaseWatchdog(self.rank, runtime.timeout_s, dump_dir=out_dir)
+        self.rendezvous = Rendezvous(comm, self.phases)
         traced_steps = runtime.trace_steps if runtime.trace else 0
         self.timeline = Timeline(self.rank, rank0_clock_offset(comm), max_steps=traced_steps)
         self.store = ParamStore.create(
@@ -104,6 +110,7 @@ class Trainer:
         self.step = 0
         self.started = time.monotonic()
         self.slowest_save_s = 0.0
+        self.skipped_steps = 0  # non-finite steps skipped since this process started
         # Some rank was asked to stop during the last step: every rank learns it at its end.
         self.stop_asked_on_some_rank = False
         self.preempted = False  # run() saved and returned early because of a stop request
@@ -152,10 +159,18 @@ class Trainer:
                 f"{what} not finite; stopping (train.on_nan = 'stop'; use 'skip' to skip "
                 "such steps)"
             )
+        self.skipped_steps += 1
+        bound = self.config.train.max_skipped_steps
+        if self.skipped_steps > bound:
+            raise CollectiveStop(
+                f"{what} not finite: {self.skipped_steps} steps skipped in this run, more than "
+                f"train.max_skipped_steps = {bound} (train.on_nan = 'skip'); the run is not "
+                "training: lower optim.lr, raise optim.warmup_steps or check the data"
+            )
         if self.verbose:
             print(
                 f"mpipipe: warning: {what} not finite; skipping the optimizer step "
-                "(train.on_nan = 'skip')",
+                f"(train.on_nan = 'skip', {self.skipped_steps} of at most {bound} skipped)",
                 flush=True,
             )
 
@@ -228,7 +243,8 @@ class Trainer:
     def save_checkpoint(self, path: str) -> SavedCheckpoint:
         """Write a checkpoint of this step to `path` (collective)."""
         saved = save_checkpoint(
-            self.run_state(), path, parallel=self.parallel_checkpoints, faults=self.faults
+            self.run_state(), path, parallel=self.parallel_checkpoints, faults=self.faults,
+            rendezvous=self.rendezvous,
         )
         self._saved_step = self.step
         return saved
@@ -237,9 +253,6 @@ class Trainer:
         folder = self.checkpoint_dir
         if folder is None or self._saved_step == self.step:
             return
-        if self.rank == 0:
-            os.makedirs(folder, exist_ok=True)
-        self.comm.Barrier()
         saved = self.save_checkpoint(os.path.join(folder, checkpoint_name(self.step)))
         self.slowest_save_s = max(self.slowest_save_s, saved.seconds)
         if self.rank == 0:
@@ -258,10 +271,11 @@ class Trainer:
         Collective. Raises UsageError on every rank where something is wrong with the file;
         callers agree on the outcome (failure.agree_on_setup) so no rank is left waiting.
         """
-        point = resolve_resume(spec, self.checkpoint_dir, self.comm)
+        point = resolve_resume(spec, self.checkpoint_dir, self.comm, self.rendezvous)
         for removed in point.removed_partials:
             self._say(f"removed {removed}: the partial file of a save that did not finish")
-        loaded = load_checkpoint(self.run_state(), point.path)
+        with self.phases.phase("resume: loading", point.path):
+            loaded = load_checkpoint(self.run_state(), point.path)
         self.step = self._saved_step = loaded.step
         if self.metrics_path is not None:
             self._drop_metrics_from(loaded.step)

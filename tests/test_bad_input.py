@@ -1,8 +1,12 @@
 """The bad-input catalogue: every case is a real `mpipipe train` job under mpirun.
 
-Config, layout, data, checkpoint, run folder and device mistakes each must
-give one `mpipipe: error` line, printed once, a non-zero exit on every rank,
-the whole job ending by itself, and no process of the job left behind.
+Config, layout, data, checkpoint, run folder and device mistakes, values
+that used to validate and then misbehave, sizes with no bound, inputs that
+block (a named pipe) or never end (/dev/zero), checkpoints whose metadata
+lies, and ranks started with different settings: each must give one
+`mpipipe: error` line, printed once, a non-zero exit on every rank, the
+whole job ending by itself, never a memory blow-up, and no process of
+the job left behind.
 
 Each case runs twice. As users run it: mpirun's own exit code is non-zero
 and stderr holds the message exactly once, without a traceback. With Open
@@ -18,6 +22,7 @@ The seconds of both runs are recorded as the case's properties (see them with
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,9 +42,13 @@ from mpipipe.schedules.csv_io import to_csv
 from mpirun import (
     EVERY_RANK_EXITS_ITSELF,
     HANG_GUARD_S,
+    MPIRUN,
+    RANK_WRAPPER,
     REPO,
+    JobResult,
     job_processes,
     mpipipe_args,
+    rank_environment,
     run_ranks,
 )
 
@@ -63,6 +72,7 @@ class Case:
     ranks: int = 4
     env: dict[str, str] = field(default_factory=dict)
     needs_checkpoint: bool = False
+    live_numbers: bool = False  # the line quotes a measurement (free memory) that may change
 
 
 def tiny(*overrides: str) -> Callable:
@@ -158,6 +168,33 @@ def bump_version(path: Path) -> None:
     with h5py.File(path, "r+") as file:
         file.attrs["format_version"] = 7
 
+
+def set_step(value) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        with h5py.File(path, "r+") as file:
+            file.attrs["step"] = value
+
+    return damage
+
+
+def drop_optimizer(path: Path) -> None:
+    with h5py.File(path, "r+") as file:
+        del file["optim"]
+
+
+def fifo_config(folder: Path, checkpoint) -> list[str]:
+    os.mkfifo(folder / "pipe.toml")  # opening it would block every rank until a writer came
+    return [str(folder / "pipe.toml")]
+
+
+def folder_holding_a_run(folder: Path, checkpoint) -> list[str]:
+    (folder / "run").mkdir()
+    (folder / "run" / "metrics.jsonl").write_text('{"step": 0, "loss": 5.5}\n')
+    return [TINY, *RANDOM_DATA]
+
+
+# Cheap jobs of two ranks for the cases that need no layout of four.
+TWO = {"ranks": 2}
 
 CASES = [
     # Config file and --set.
@@ -257,12 +294,55 @@ CASES = [
     Case("unknown-checkpoint-version", resume_from(bump_version),
          "has format version 7, this mpipipe", needs_checkpoint=True),
     Case("checkpoint-of-another-model", resume_from(None, "--set", "model.d_model=64"),
-         "in the file but the model needs", needs_checkpoint=True),
+         "was trained with model.d_model = 32, the run has model.d_model = 64",
+         needs_checkpoint=True),
     Case("resume-latest-without-checkpoint",
          lambda folder, checkpoint: [*SMALL, "--resume", "latest"],
          "--resume latest: no complete checkpoint in"),
+    Case("checkpoint-step-negative", resume_from(set_step(np.int64(-5))),
+         "attribute step is -5, not an integer of 0 or more", needs_checkpoint=True),
+    Case("checkpoint-without-optimizer-state", resume_from(drop_optimizer),
+         "holds no optimizer state (/optim is missing)", needs_checkpoint=True),
+    Case("resume-with-other-heads", resume_from(None, "--set", "model.n_head=8"),
+         "was trained with model.n_head = 4, the run has model.n_head = 8",
+         needs_checkpoint=True),
+    # Values that used to validate and then misbehave.
+    Case("watchdog-timeout-zero", tiny(*RANDOM_DATA, "--set", "runtime.timeout_s=0"),
+         "runtime.timeout_s = 0 is below the minimum 1.0", **TWO),
+    Case("decay-that-rises", tiny(*RANDOM_DATA, "--set", "optim.min_lr_ratio=5"),
+         "optim.min_lr_ratio = 5 is above the maximum 1.0", **TWO),
+    Case("adam-beta-one", tiny(*RANDOM_DATA, "--set", "optim.beta1=1.0"),
+         "optim.beta1 = 1.0 must be below 1.0", **TWO),
+    Case("adam-eps-zero", tiny(*RANDOM_DATA, "--set", "optim.eps=0"),
+         "optim.eps = 0 must be above 0.0", **TWO),
+    Case("seed-beyond-64-bits", tiny(*RANDOM_DATA, "--set", f"train.seed={2**70}"),
+         f"train.seed = {2**70} is above the maximum {2**63 - 1}", **TWO),
+    # Sizes with no bound.
+    Case("a-billion-micro-batches", tiny(*RANDOM_DATA, "--set", "parallel.microbatches=1000000000"),
+         "more than the 200000 a schedule may hold", **TWO),
+    Case("a-billion-token-vocabulary",
+         tiny(*RANDOM_DATA, "--set", "model.vocab_size=1000000000"),
+         "this rank holds take", live_numbers=True, **TWO),
+    # Inputs that block or never end.
+    Case("config-a-named-pipe", fifo_config, "is a named pipe (FIFO), not a regular file", **TWO),
+    Case("config-dev-null", lambda folder, checkpoint: ["/dev/null"],
+         "config file '/dev/null' is a character device, not a regular file", **TWO),
+    Case("text-data-dev-zero", tiny("--set", "data.source=text", "--set", "data.path=/dev/zero"),
+         "data.path '/dev/zero' is a character device", **TWO),
     # Run folder and device.
-    Case("unwritable-run-folder", out_under_a_file, "cannot write to run folder"),
+    Case("empty-out", lambda folder, checkpoint: [TINY, *RANDOM_DATA, "--out", ""],
+         "--out '' is empty", **TWO),
+    Case("folder-holding-a-run", folder_holding_a_run,
+         "already holds a run (metrics.jsonl): continue it with --resume latest", **TWO),
+    Case("resume-and-overwrite", tiny(*RANDOM_DATA, "--resume", "latest", "--overwrite"),
+         "give one of them", **TWO),
+    Case("checkpoint-dir-in-proc", tiny(*RANDOM_DATA, "--set", "checkpoint.dir=/proc/mpipipe"),
+         "cannot write to the checkpoint folder '/proc/mpipipe'", **TWO),
+    Case("checkpoint-dir-a-file",
+         lambda folder, checkpoint: (folder / "file").write_text("x") and [
+             TINY, *RANDOM_DATA, "--set", f"checkpoint.dir={folder / 'file'}"],
+         "cannot write to the checkpoint folder", **TWO),
+    Case("unwritable-run-folder", out_under_a_file, "cannot write to the run folder"),
     Case("gpu-where-none-exists", tiny(*RANDOM_DATA, "--set", "runtime.device=gpu"),
          "runtime.device: 'gpu' was requested but no CUDA GPU is usable here",
          env={"CUDA_VISIBLE_DEVICES": ""}),
@@ -280,6 +360,10 @@ def good_checkpoint(tmp_path_factory) -> Path:
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("mpipipe: error")]
+
+
+def without_numbers(line: str, case: Case) -> str:
+    return re.sub(r"[\d.]+", "#", line) if case.live_numbers else line
 
 
 def run_case(case: Case, args: list[str], marker: str, env: dict[str, str]):
@@ -300,6 +384,8 @@ def test_bad_input_fails_once_on_every_rank(case, tmp_path, request, record_prop
         arguments += ["--out", str(tmp_path / "run")]
     args = mpipipe_args("train", *arguments)
     marker = str(tmp_path)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics_before = metrics.read_text() if metrics.exists() else ""
 
     as_users_run_it = run_case(case, args, marker, {})
     record_property("seconds_to_fail", round(as_users_run_it.seconds, 2))
@@ -315,15 +401,16 @@ def test_bad_input_fails_once_on_every_rank(case, tmp_path, request, record_prop
     assert each_rank_alone.rank_exits == dict.fromkeys(range(case.ranks), EXIT_USAGE), (
         each_rank_alone.stderr[-2000:]
     )
-    assert error_lines(each_rank_alone.stderr) == errors
+    again = error_lines(each_rank_alone.stderr)
+    assert [without_numbers(line, case) for line in again] == [
+        without_numbers(line, case) for line in errors]
     assert "Traceback" not in each_rank_alone.output
     assert job_processes(marker) == []
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    assert not metrics.exists() or metrics.read_text() == ""  # no step ran
+    assert (metrics.read_text() if metrics.exists() else "") == metrics_before  # no step ran
 
 
 def test_the_catalogue_is_large_and_every_message_is_one_line():
-    assert len(CASES) >= 15
+    assert len(CASES) >= 50
     assert len({case.name for case in CASES}) == len(CASES)
     assert all("\n" not in case.fragment for case in CASES)
 
@@ -336,3 +423,26 @@ def test_ckpt_verify_names_the_damaged_dataset(good_checkpoint, tmp_path):
                               capture_output=True, text=True, timeout=60, cwd=REPO)
     assert verified.returncode == 1
     assert "dataset /model/3/" in verified.stderr and "fails its checksum" in verified.stderr
+
+
+def test_ranks_started_with_different_settings_are_named_before_any_message(tmp_path):
+    """An MPMD launch whose two halves differ in the model width and the run folder."""
+    common = mpipipe_args("train", TINY, *RANDOM_DATA)
+    halves = [[*common, "--out", str(tmp_path / "a")],
+              [*common, "--set", "model.d_model=32", "--out", str(tmp_path / "b")]]
+    command = ["bash", str(MPIRUN)]
+    for half in halves:
+        command += [*([":"] if len(command) > 2 else []), "-n", "2", "bash", "-c", RANK_WRAPPER,
+                    "rank", sys.executable, *half]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=REPO,
+                          env=rank_environment(EVERY_RANK_EXITS_ITSELF))
+    assert JobResult(done.returncode, done.stdout, done.stderr, 0).rank_exits == dict.fromkeys(
+        range(4), EXIT_USAGE), done.stderr[-2000:]
+    errors = error_lines(done.stderr)
+    assert len(errors) == 1, done.stderr[-2000:]
+    assert "the ranks were started with different settings" in errors[0]
+    assert f"--out is {tmp_path / 'a'} on ranks 0, 1 but {tmp_path / 'b'} on ranks 2, 3" in (
+        errors[0])
+    assert "model.d_model is 64 on ranks 0, 1 but 32 on ranks 2, 3" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert job_processes(str(tmp_path)) == []

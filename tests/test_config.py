@@ -127,7 +127,10 @@ def random_config(rng: random.Random) -> Config:
                 value = minimum + rng.randrange(1000)
             elif kind is float:
                 high = metadata["maximum"] if metadata["maximum"] is not None else 1e6
-                value = rng.choice([minimum, high, rng.uniform(minimum, high), 1e-8 + minimum])
+                if metadata["below"] is not None:
+                    high = metadata["below"] * (1 - 1e-9)
+                low = minimum if metadata["above"] is None else metadata["above"] + 1e-12
+                value = rng.choice([low, high, rng.uniform(low, high), 1e-8 + low])
             else:
                 value = "".join(rng.choice('ab"\\\t\n\x7fé/ #=[]') for _ in range(rng.randrange(8)))
             setattr(getattr(config, section), field.name, value)

@@ -11,6 +11,7 @@ assert instead of giving a second user-facing message.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from mpipipe.config.schema import (
     SCHEDULES,
     CheckpointConfig,
     ModelConfig,
+    OptimConfig,
     ParallelConfig,
     RuntimeConfig,
 )
@@ -34,6 +36,7 @@ from mpipipe.config.validate import validate_config
 from mpipipe.data import build_batcher
 from mpipipe.errors import UsageError
 from mpipipe.models.model import BUILDERS, build_model
+from mpipipe.optim import build_optimizer, learning_rate
 from mpipipe.plan import plan_run
 from mpipipe.schedules import SCHEDULE_FILE_SUFFIX, SCHEDULE_KINDS, build_schedule
 from mpipipe.schedules.csv_io import from_csv, to_csv
@@ -91,6 +94,16 @@ class Rule:
     lower_layers: tuple[Callable[[], object], ...]  # the same mistake given directly
 
 
+def config_at(make_path: Callable[[Path], str]) -> Callable[[Path], None]:
+    """Load a config from the path `make_path` prepares."""
+    return lambda tmp_path: load_config(make_path(tmp_path))
+
+
+def fifo(tmp_path: Path) -> str:
+    os.mkfifo(tmp_path / "pipe")
+    return str(tmp_path / "pipe")
+
+
 RULES = [
     Rule(
         "model.d_model is a multiple of model.n_head",
@@ -127,13 +140,64 @@ RULES = [
         "is below the minimum",
         ("config/load.py", "_apply_value"),
         tuple(configured(f"model.{key}=0") for key in
-              ("vocab_size", "seq_len", "n_head", "d_model")) + (configured("train.seed=-1"),),
+              ("vocab_size", "seq_len", "n_head", "d_model")) + (
+                  configured("train.seed=-1"), configured("optim.beta2=-0.5"),
+                  configured("runtime.timeout_s=0"), configured("runtime.timeout_s=0.01")),
         (
             lambda: build_model(ModelConfig(n_layer=0)),
             lambda: build_model(ModelConfig(n_head=0)),
             lambda: build_model(ModelConfig(seq_len=0)),
             lambda: build_model(ModelConfig()).init_params(seed=-1),
         ),
+    ),
+    Rule(
+        "numbers stay at or under their key's maximum (a cosine decay never rises, seeds fit "
+        "in 63 bits)",
+        configured("optim.min_lr_ratio=5"),
+        "--set optim.min_lr_ratio=5: optim.min_lr_ratio = 5 is above the maximum 1.0 (use 1.0 "
+        "or less)",
+        "is above the maximum",
+        ("config/load.py", "_apply_value"),
+        (configured(f"train.seed={2**64}"), configured("data.mask_prob=1.5"),
+         configured(f"train.seed={2**63}")),
+        (lambda: learning_rate(50, OptimConfig(min_lr_ratio=5.0), 100),),
+    ),
+    Rule(
+        "decay rates stay below 1 (AdamW betas, SGD momentum)",
+        configured("optim.beta1=1.0"),
+        "--set optim.beta1=1.0: optim.beta1 = 1.0 must be below 1.0 (use a value under 1.0, "
+        "such as 0.9)",
+        "must be below",
+        ("config/load.py", "_apply_value"),
+        (configured("optim.beta2=1.5"), configured("optim.momentum=1"),
+         configured("optim.name=sgd", "optim.momentum=1.0")),
+        (lambda: build_optimizer([], OptimConfig(beta1=1.0)),
+         lambda: build_optimizer([], OptimConfig(name="sgd", momentum=1.0))),
+    ),
+    Rule(
+        "AdamW's epsilon is above 0",
+        configured("optim.eps=0"),
+        "--set optim.eps=0: optim.eps = 0 must be above 0.0 (use a value over 0.0, such as "
+        "1e-08)",
+        "must be above",
+        ("config/load.py", "_apply_value"),
+        (configured("optim.eps=-1e-8"),),
+        (lambda: build_optimizer([], OptimConfig(eps=0.0)),),
+    ),
+    Rule(
+        "an input file is a readable regular file (stat before open)",
+        config_at(lambda tmp_path: "/dev/null"),
+        "config file '/dev/null' is a character device, not a regular file; give the path of a "
+        "TOML file saved as UTF-8",
+        "not a regular file",
+        ("paths.py", "require_file"),
+        (
+            config_at(fifo),
+            batcher_of("data.source=text", "data.path=/dev/zero"),
+            batcher_of("data.source=npy", "data.path=/dev/null"),
+            batcher_of("data.source=hdf5", "data.path=/dev/null"),
+        ),
+        (),
     ),
     Rule(
         "a value is one of its key's choices (devices, float types, schedules, model kinds, "

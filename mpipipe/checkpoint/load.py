@@ -36,7 +36,12 @@ from mpipipe.checkpoint.layout import (
 )
 from mpipipe.checkpoint.save import RunState
 from mpipipe.checkpoint.schedule_identity import schedule_change
+from mpipipe.checkpoint.verify_metadata import metadata_problems, refuse_model_changes
 from mpipipe.errors import UsageError
+from mpipipe.paths import require_file
+from mpipipe.runtime.failure import DEFAULT_TIMEOUT_S
+from mpipipe.runtime.phase_watchdog import PhaseWatchdog
+from mpipipe.runtime.rendezvous import Rendezvous
 
 _H5PY_REASON = re.compile(r"\(([^()]*)\)\s*$")
 
@@ -56,11 +61,13 @@ class ResumePoint:
     removed_partials: list[str]
 
 
-def resolve_resume(spec: str, checkpoint_dir: str | None, comm) -> ResumePoint:
+def resolve_resume(spec: str, checkpoint_dir: str | None, comm,
+                   rendezvous: Rendezvous | None = None) -> ResumePoint:
     """The file `--resume spec` means: 'latest', a folder (its newest) or a file.
 
     Rank 0 looks (and, for 'latest', removes partial files of crashed saves);
-    every rank gets its answer, or raises the same UsageError.
+    every rank gets its answer, or raises the same UsageError. The ranks meet
+    at `rendezvous` (one made for the occasion when None).
     """
     answer: tuple = (None, [], None)
     if comm.Get_rank() == 0:
@@ -68,7 +75,13 @@ def resolve_resume(spec: str, checkpoint_dir: str | None, comm) -> ResumePoint:
             answer = (*_find(spec, checkpoint_dir), None)
         except UsageError as error:
             answer = (None, [], str(error))
-    path, removed, error = comm.bcast(answer, root=0)
+    watchdog = rendezvous.watchdog if rendezvous else PhaseWatchdog(comm.Get_rank(),
+                                                                      DEFAULT_TIMEOUT_S)
+    with watchdog.phase("resume: finding the checkpoint", spec):
+        meeting = rendezvous or Rendezvous(comm, watchdog)
+        path, removed, error = meeting.agree(answer, lambda answers: answers[0])
+        if rendezvous is None:
+            meeting.free()
     if error is not None:
         raise UsageError(error)
     return ResumePoint(path, removed)
@@ -84,7 +97,8 @@ def _find(spec: str, checkpoint_dir: str | None) -> tuple[str, list[str]]:
             partials = f" (removed {len(removed)} partial file(s) of unfinished saves)"
             raise UsageError(
                 f"--resume latest: no complete checkpoint in {checkpoint_dir}"
-                f"{partials if removed else ''}; run without --resume to start a new run"
+                f"{partials if removed else ''}; start the run anew with --overwrite instead of "
+                "--resume"
             )
         return latest, removed
     if os.path.isdir(spec):
@@ -95,19 +109,15 @@ def _find(spec: str, checkpoint_dir: str | None) -> tuple[str, list[str]]:
                 "checkpoint file, a folder of them, or 'latest'"
             )
         return latest, []
-    if not os.path.exists(spec):
-        raise UsageError(
-            f"--resume {spec}: no such file; give a checkpoint file (step_*.h5), a folder of "
-            "them, or 'latest' for this run's newest"
-        )
+    require_file(spec, "--resume", "give a checkpoint file (step_*.h5), a folder of them, or "
+                 "'latest' for this run's newest")
     return spec, []
 
 
 @contextlib.contextmanager
 def open_checkpoint(path: str):
     """The file, read-only, once its format and version are known to be ours."""
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint {path}: no such file; give the path of a step_*.h5 file")
+    require_file(path, "checkpoint", "give the path of a step_*.h5 file")
     try:
         file = h5py.File(path, "r", locking=False)
     except OSError as error:
@@ -179,6 +189,13 @@ def load_checkpoint(state: RunState, path: str) -> LoadedCheckpoint:
     store, optimizer = state.store, state.optimizer
     state_names = type(optimizer).STATE_NAMES
     with open_checkpoint(path) as file:
+        problems = metadata_problems(file, path)
+        if problems:
+            raise UsageError(
+                f"checkpoint {path}: {problems[0]}: the file's metadata is damaged; resume from "
+                "an earlier checkpoint (mpipipe ckpt verify lists every problem)"
+            )
+        refuse_model_changes(file, path, state.plan.config.model)
         change = schedule_change(file.attrs, path, state.plan)
         _check_model(file, path, store.layout.shapes)
         _check_optimizer(file, path, state.plan.config.optim.name, state_names,
@@ -226,7 +243,7 @@ def _check_model(file, path: str, shapes: dict) -> None:
 
 
 def _check_optimizer(file, path: str, name: str, state_names, shapes: dict) -> None:
-    saved_name = file[OPTIM_GROUP].attrs.get("name") if OPTIM_GROUP in file else None
+    saved_name = file[OPTIM_GROUP].attrs["name"]  # metadata_problems made sure it is there
     if saved_name != name:
         raise UsageError(
             f"checkpoint {path} holds the state of optimizer {saved_name!r}, the run uses "

@@ -19,6 +19,7 @@ import sys
 
 from mpipipe.commands import schedule_search
 from mpipipe.errors import UsageError
+from mpipipe.paths import require_output_file
 from mpipipe.plots.schedule import draw_schedule
 from mpipipe.schedules import SCHEDULE_KINDS, check_constraints, plan, stage_count
 from mpipipe.schedules.csv_io import to_csv
@@ -87,6 +88,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     costs = OpCosts.parse(args.cost, args.latency)
+    if args.out:
+        _check_out(args.out)
     if args.kind == SEARCH and not args.from_csv:
         ranks, microbatches = _sizes(args)
         return schedule_search.run(args, costs, ranks, _one(microbatches))
@@ -239,9 +242,17 @@ def _compare(args: argparse.Namespace, costs: OpCosts) -> int:
     return 0
 
 
+def _check_out(path: str) -> None:
+    require_output_file(path, "--out", "give the name of a file to write, such as schedule.txt")
+
+
 def _emit(path: str | None, text: str) -> None:
-    if path:
+    if not path:
+        sys.stdout.write(text)
+        return
+    _check_out(path)
+    try:
         with open(path, "w", encoding="utf-8") as file:
             file.write(text)
-    else:
-        sys.stdout.write(text)
+    except OSError as error:
+        raise UsageError(f"--out {path!r} cannot be written: {error.strerror}") from None

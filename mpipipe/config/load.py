@@ -23,6 +23,7 @@ from dataclasses import fields
 from mpipipe.config.schema import SECTIONS, Config
 from mpipipe.config.show import toml_value
 from mpipipe.errors import UsageError, did_you_mean
+from mpipipe.paths import read_text
 
 try:
     import tomllib
@@ -50,6 +51,21 @@ def load_config(path: str | None, overrides: Iterable[str] = ()) -> Config:
     return config
 
 
+def load_sections(text: str, sections: Iterable[str], origin: str) -> Config:
+    """Defaults, then only `sections` of the TOML `text` (such as a checkpoint's stored config).
+
+    Raises UsageError naming `origin` when the text is not TOML or a value breaks its rule.
+    """
+    try:
+        tables = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{origin}: {_describe_syntax_error(error)}") from None
+    config = Config()
+    for section in sections:
+        _apply_section(config, section, tables.get(section, {}), origin, os.getcwd())
+    return config
+
+
 def parse_override(override: str) -> tuple[str, str, object]:
     """'section.key=value' -> (section, key, value); value as TOML if it parses, else a string."""
     name, equals, text = override.partition("=")
@@ -66,19 +82,7 @@ def parse_override(override: str) -> tuple[str, str, object]:
 
 
 def _read_toml(path: str) -> dict:
-    if not os.path.exists(path):
-        raise UsageError(f"config file {path!r} does not exist (give the path of a TOML file)")
-    if os.path.isdir(path):
-        raise UsageError(f"config file {path!r} is a folder; give the path of a TOML file")
-    try:
-        with open(path, "rb") as file:
-            text = file.read().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise UsageError(
-            f"config file {path!r} is not UTF-8 text (byte {error.start}); save it as UTF-8"
-        ) from None
-    except OSError as error:
-        raise UsageError(f"config file {path!r} cannot be read: {error.strerror}") from None
+    text = read_text(path, "config file", "give the path of a TOML file saved as UTF-8")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -119,7 +123,9 @@ def _apply_value(config: Config, section: str, key: str, value, origin: str, fol
     if key not in key_fields:
         raise UsageError(f"{origin}: {_unknown_key(section, key, key_fields)}")
     expected = typing.get_type_hints(section_class)[key]
-    problem = _check_value(f"{section}.{key}", value, expected, key_fields[key].metadata)
+    key_field = key_fields[key]
+    problem = _check_value(f"{section}.{key}", value, expected, key_field.metadata,
+                           key_field.default)
     if problem:
         raise UsageError(f"{origin}: {problem}")
     if _names_a_file(value, key_fields[key].metadata):
@@ -142,7 +148,7 @@ def _section_of_key(key: str) -> str | None:
     return None
 
 
-def _check_value(name: str, value, expected: type, metadata) -> str | None:
+def _check_value(name: str, value, expected: type, metadata, default) -> str | None:
     """Why `value` is not acceptable for key `name`, or None when it is."""
     if not _has_type(value, expected):
         hint = ""
@@ -167,6 +173,13 @@ def _check_value(name: str, value, expected: type, metadata) -> str | None:
     maximum = metadata.get("maximum")
     if maximum is not None and value > maximum:
         return f"{name} = {_show(value)} is above the maximum {maximum} (use {maximum} or less)"
+    above, below = metadata.get("above"), metadata.get("below")
+    if above is not None and not value > above:
+        return (f"{name} = {_show(value)} must be above {above} (use a value over {above}, "
+                f"such as {_show(default)})")
+    if below is not None and not value < below:
+        return (f"{name} = {_show(value)} must be below {below} (use a value under {below}, "
+                f"such as {_show(default)})")
     return None
 
 

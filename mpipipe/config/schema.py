@@ -25,14 +25,17 @@ def option(
     minimum=None,
     maximum=None,
     file_suffix: str | None = None,
+    above=None,
+    below=None,
 ):
-    """A config key: default, one-line help, and the allowed values (bounds are inclusive).
+    """A config key: default, one-line help, and the allowed values.
 
+    minimum and maximum are inclusive bounds, above and below exclusive ones.
     `file_suffix`: besides its choices the key takes the path of a file whose name ends
     so; a relative path in a config file is relative to that file's folder.
     """
     metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum,
-                "file_suffix": file_suffix}
+                "file_suffix": file_suffix, "above": above, "below": below}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -81,24 +84,33 @@ class DataConfig:
 class OptimConfig:
     name: str = option("adamw", "optimizer", ("adamw", "sgd"))
     lr: float = option(3e-3, "peak learning rate", minimum=0.0)
-    beta1: float = option(0.9, "AdamW first-moment decay")
-    beta2: float = option(0.95, "AdamW second-moment decay")
-    eps: float = option(1e-8, "AdamW denominator epsilon")
+    beta1: float = option(0.9, "AdamW first-moment decay, in [0, 1)", minimum=0.0, below=1.0)
+    beta2: float = option(0.95, "AdamW second-moment decay, in [0, 1)", minimum=0.0, below=1.0)
+    eps: float = option(1e-8, "AdamW denominator epsilon, above 0", above=0.0)
     weight_decay: float = option(0.01, "decoupled weight decay (AdamW) or L2 (SGD)", minimum=0.0)
-    momentum: float = option(0.9, "SGD momentum")
+    momentum: float = option(0.9, "SGD momentum, in [0, 1)", minimum=0.0, below=1.0)
     grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 disables", minimum=0.0)
     warmup_steps: int = option(10, "linear warm-up steps", minimum=0)
     decay: str = option("cosine", "learning-rate decay after warm-up", ("cosine", "constant"))
-    min_lr_ratio: float = option(0.1, "cosine decay ends at lr * min_lr_ratio", minimum=0.0)
+    min_lr_ratio: float = option(
+        0.1, "cosine decay ends at lr * min_lr_ratio, in [0, 1]", minimum=0.0, maximum=1.0
+    )
 
 
 @dataclass
 class TrainConfig:
     steps: int = option(100, "optimizer steps to run", minimum=1)
-    seed: int = option(1234, "seed for initialisation and data order", minimum=0)
+    seed: int = option(
+        1234, "seed for initialisation and data order (a 63-bit integer: checkpoints store it "
+        "as int64)", minimum=0, maximum=2**63 - 1,
+    )
     log_every: int = option(10, "steps between log lines when output is not a terminal", minimum=1)
     on_nan: str = option("stop", "non-finite loss or gradient: stop the run or skip the step",
                          ("stop", "skip"))
+    max_skipped_steps: int = option(
+        10, "on_nan = 'skip': end the run with an error (exit 1) when more steps than this "
+        "were skipped since it started or resumed", minimum=0,
+    )
     time_limit_s: float = option(
         0.0, "save a checkpoint and stop (exit 75) before this many seconds have passed; "
         "0: no limit", minimum=0.0,
@@ -127,9 +139,16 @@ class RuntimeConfig:
     device: str = option("auto", "auto picks the GPU when CuPy sees one", DEVICES)
     dtype: str = option("float32", "floating-point type", tuple(DTYPES))
     cuda_aware: str = option("auto", "pass GPU buffers to MPI directly", AUTO_YES_NO)
-    timeout_s: float = option(300.0, "watchdog: abort when one wait exceeds this", minimum=0.0)
+    timeout_s: float = option(
+        300.0, "watchdog: end the job (exit 3) when a wait, or a set-up, save or load phase, "
+        "makes no progress for this many seconds; at least 1, there is no off switch",
+        minimum=1.0,
+    )
     trace: bool = option(True, "write trace.json (Chrome/Perfetto) of every op")
-    trace_steps: int = option(3, "steps recorded in trace.json, from the first", minimum=1)
+    trace_steps: int = option(
+        3, "steps recorded in trace.json, from the first (at most 1000: every op of each is "
+        "kept in memory until the end)", minimum=1, maximum=1000,
+    )
     recv_window: int = option(
         8, "at most this many receives started ahead of the op that needs them", minimum=1
     )

@@ -7,11 +7,10 @@ a corpus larger than memory costs only the pages the batches touch.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from mpipipe.errors import UsageError
+from mpipipe.paths import require_file
 
 
 def npy_tokens(path: str) -> np.ndarray:
@@ -67,10 +66,7 @@ def _check_path(path: str, source: str, example: str) -> None:
     if not path:
         raise UsageError(f"data.path is empty but data.source = {source!r} needs a file: set "
                          f"data.path = {example!r}")
-    if not os.path.isfile(path):
-        problem = "is a folder" if os.path.isdir(path) else "does not exist"
-        raise UsageError(f"data.path {path!r} {problem}; data.source = {source!r} needs a file "
-                         f"such as {example!r}")
+    require_file(path, "data.path", f"data.source = {source!r} needs a file such as {example!r}")
 
 
 def _check_token_array(array, where: str) -> None:

@@ -15,6 +15,7 @@ import sysconfig
 import numpy as np
 
 from mpipipe.errors import UsageError
+from mpipipe.paths import path_problem, require_file
 
 # Third-party packages live under the stdlib folder; they are not part of it.
 _NOT_STDLIB = ("site-packages", "dist-packages")
@@ -38,15 +39,13 @@ def text_corpus(path: str) -> np.ndarray:
     if not path:
         raise UsageError("data.path is empty but data.source = 'text' needs a file or folder: "
                          "set data.path = 'corpus.txt'")
-    if not os.path.exists(path):
-        raise UsageError(f"data.path {path!r} does not exist (data.source = 'text' reads a file "
-                         "or a folder of files)")
     if os.path.isdir(path):
         chunks = [chunk for chunk in map(_read_or_none, _files_under(path)) if chunk is not None]
         if not chunks:
             raise UsageError(f"data.path {path!r} is a folder with no readable files; put text "
                              "files in it or point data.path at a file")
     else:
+        require_file(path, "data.path", "data.source = 'text' reads a file or a folder of files")
         chunk = _read_or_none(path)
         if chunk is None:
             raise UsageError(f"data.path {path!r} cannot be read; check its permissions")
@@ -64,7 +63,8 @@ def _files_under(folder: str, skip: tuple[str, ...] = ()) -> list[str]:
         if directory == folder:
             subfolders[:] = [name for name in subfolders if name not in skip]
         paths += [os.path.join(directory, name) for name in names]
-    return sorted(paths)
+    # Only regular files: a named pipe or a device among them would block or never end.
+    return sorted(path for path in paths if path_problem(path) is None)
 
 
 def _read_or_none(path: str) -> bytes | None:

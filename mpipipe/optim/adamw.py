@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mpipipe.errors import UsageError
 from mpipipe.fused import adamw_update
 from mpipipe.optim.base import Optimizer, ParamGroup
 
@@ -13,11 +12,11 @@ class AdamW(Optimizer):
     STATE_NAMES = ("m", "v")
 
     def __init__(self, groups: list[ParamGroup], beta1: float, beta2: float, eps: float):
-        for key, beta in (("optim.beta1", beta1), ("optim.beta2", beta2)):
-            if not 0.0 <= beta < 1.0:
-                raise UsageError(f"{key}: AdamW needs a value in [0, 1), got {beta}")
-        if not eps > 0.0:
-            raise UsageError(f"optim.eps: AdamW needs a positive epsilon, got {eps} (e.g. 1e-8)")
+        # The config schema holds these bounds for users; here they are a caller's contract.
+        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0 and eps > 0.0):
+            raise ValueError(
+                f"AdamW needs betas in [0, 1) and eps > 0, got {beta1}, {beta2}, {eps}"
+            )
         super().__init__(groups)
         self.beta1 = beta1
         self.beta2 = beta2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from mpipipe.config.schema import OptimConfig
-from mpipipe.errors import UsageError, did_you_mean
 from mpipipe.optim.adamw import AdamW
 from mpipipe.optim.base import Optimizer, ParamGroup
 from mpipipe.optim.sgd import SGD
@@ -17,8 +16,6 @@ def build_optimizer(groups: list[ParamGroup], config: OptimConfig) -> Optimizer:
         return AdamW(groups, beta1=config.beta1, beta2=config.beta2, eps=config.eps)
     if config.name == "sgd":
         return SGD(groups, momentum=config.momentum)
-    raise UsageError(
-        f"optim.name: unknown optimizer {config.name!r}{did_you_mean(config.name, OPTIMIZERS)} "
-        f"(use one of {', '.join(OPTIMIZERS)})"
-    )
+    raise ValueError(f"unknown optimizer {config.name!r}; the config schema allows "
+                     f"{', '.join(OPTIMIZERS)}")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from mpipipe.errors import UsageError
-
 # Keeps the coefficient finite when the norm is 0, as torch.nn.utils.clip_grad_norm_ does.
 NORM_EPSILON = 1e-6
 
@@ -15,7 +13,7 @@ def clip_coefficient(total_norm: float, max_norm: float) -> float:
     allreduce); the caller checks it for NaN/inf before calling (train.on_nan).
     """
     if max_norm < 0:
-        raise UsageError(f"optim.grad_clip must be >= 0 (0 disables clipping), got {max_norm}")
+        raise ValueError(f"clip_coefficient: max_norm must be >= 0, got {max_norm}")
     if max_norm == 0:
         return 1.0
     return min(1.0, max_norm / (total_norm + NORM_EPSILON))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mpipipe.errors import UsageError
 from mpipipe.optim.base import Optimizer, ParamGroup
 
 
@@ -13,7 +12,7 @@ class SGD(Optimizer):
 
     def __init__(self, groups: list[ParamGroup], momentum: float):
         if not 0.0 <= momentum < 1.0:
-            raise UsageError(f"optim.momentum: SGD needs a value in [0, 1), got {momentum}")
+            raise ValueError(f"SGD needs a momentum in [0, 1), got {momentum}")
         super().__init__(groups)
         self.momentum = momentum
 

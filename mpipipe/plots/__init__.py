@@ -56,7 +56,10 @@ def plot_run(run_dir: str, out_dir: str | None = None, step: int | None = None) 
         if figure is None:
             continue
         paths.append(os.path.join(out_dir, name))
-        save(figure, paths[-1])
+        try:
+            save(figure, paths[-1])
+        except OSError as error:
+            raise UsageError(f"--out: cannot write {paths[-1]!r} ({error.strerror})") from None
     return paths
 
 

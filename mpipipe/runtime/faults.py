@@ -10,6 +10,12 @@ makes world rank R misbehave during step S (0-based):
 - withhold:  silently drop its first outgoing message of the step
 - nan:       poison a gradient with NaN in the middle of the step
 - pause-in-save: stop forever inside the checkpoint save of that step
+- ACTION-in-PLACE, in a named phase outside the step (PLACES below; step=S
+  is the save's step, 0 for set-up): pause (sleep forever) or stop (SIGSTOP
+  itself, as a debugger or a stuck node would) or fill (grow FILLER beside
+  the file until the file system is full, so that the writes that follow
+  really fail) where the phase starts, or fail (raise OSError ENOSPC, as a
+  full disk would) where it ends
 
 It exists so the failure paths (abort, watchdog, recovery) are exercised by
 real runs in the tests. With the variable unset, `faults_from_environment`
@@ -18,6 +24,8 @@ gives `NO_FAULTS`, whose hooks do nothing and parse nothing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import time
@@ -26,7 +34,12 @@ from dataclasses import dataclass
 from mpipipe.errors import UsageError
 
 ENVIRONMENT_VARIABLE = "MPIPIPE_FAULT"
-KINDS = ("raise", "kill", "hang", "withhold", "nan", "pause-in-save")
+# Named points outside the step: set-up, and the phases of a checkpoint save.
+PLACES = ("setup", "save-open", "save-write", "save-gather", "save-close", "rename")
+KINDS = ("raise", "kill", "hang", "withhold", "nan", "pause-in-save",
+         *(f"{action}-in-{place}" for action in ("pause", "stop", "fail", "fill")
+           for place in PLACES))
+FILLER = ".mpipipe-fill"  # the file a fill fault grows until the disk is full
 
 
 class InjectedFault(RuntimeError):
@@ -67,6 +80,12 @@ class FaultHooks:
 
     def pause_point(self, place: str, step: int) -> None:
         """A named point where a `pause-in-<place>` fault stops this rank for good."""
+
+    def at(self, place: str, step: int, path: str | None = None) -> None:
+        """The start of a phase of PLACES (`path`: the file it writes)."""
+
+    def fail(self, place: str, step: int) -> None:
+        """The end of a phase of PLACES, where the file system reports."""
 
 
 NO_FAULTS = FaultHooks()
@@ -113,6 +132,29 @@ class FaultInjector(FaultHooks):
     def pause_point(self, place: str, step: int) -> None:
         if self._armed(f"pause-in-{place}", step):
             _sleep_forever()
+
+    def at(self, place: str, step: int, path: str | None = None) -> None:
+        # pause, stop (SIGSTOP) or fill the disk, if asked
+        self.pause_point(place, step)
+        if self._armed(f"stop-in-{place}", step):
+            os.kill(os.getpid(), signal.SIGSTOP)
+        if self._armed(f"fill-in-{place}", step) and path is not None:
+            _fill_file_system(os.path.join(os.path.dirname(os.path.abspath(path)), FILLER))
+
+    def fail(self, place: str, step: int) -> None:
+        if self._armed(f"fail-in-{place}", step):
+            raise OSError(errno.ENOSPC, f"No space left on device (injected in {place})")
+
+
+def _fill_file_system(path: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (2**16, 2**12, 2**9, 1):  # ever smaller, to the last byte
+            with contextlib.suppress(OSError):
+                while os.write(descriptor, bytes(size)):
+                    pass
+    finally:
+        os.close(descriptor)
 
 
 def _sleep_forever() -> None:

@@ -13,9 +13,14 @@ from mpipipe.errors import UsageError
 from mpipipe.plan import RunPlan
 
 
-def check_same_schedule(comm, plan: RunPlan) -> None:
-    """Collective: raise the same UsageError on every rank unless all ranks' ops are equal."""
-    digests = comm.allgather(plan.schedule.digest())
+def check_same_schedule(comm, plan: RunPlan, rendezvous=None) -> None:
+    """Collective: raise the same UsageError on every rank unless all ranks' ops are equal.
+
+    The ranks meet at `rendezvous` (runtime/rendezvous.py) when given, where no wait
+    is unbounded; otherwise they allgather on `comm`.
+    """
+    digest = plan.schedule.digest()
+    digests = rendezvous.agree(digest) if rendezvous else comm.allgather(digest)
     other = next((rank for rank, digest in enumerate(digests) if digest != digests[0]), None)
     if other is None:
         return

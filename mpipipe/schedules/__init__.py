@@ -21,7 +21,7 @@ from mpipipe.schedules.lowering import LoweredOp, Transfer, lower, max_tag, mess
 from mpipipe.schedules.one_f_one_b import one_f_one_b_schedule
 from mpipipe.schedules.partition import partition_layers
 from mpipipe.schedules.planner import PLANNERS
-from mpipipe.schedules.schedule import Placement, Schedule
+from mpipipe.schedules.schedule import MAX_OPS, Placement, Schedule
 from mpipipe.schedules.schedule_file import SCHEDULE_FILE_SUFFIX, read_schedule_file
 from mpipipe.schedules.simulate import OpCosts, Simulation, simulate
 from mpipipe.schedules.validate import validate
@@ -29,6 +29,7 @@ from mpipipe.schedules.zb_h1 import zb_h1_schedule
 from mpipipe.schedules.zb_v import zb_v_schedule
 
 __all__ = [
+    "MAX_OPS",
     "SCHEDULE_FILE_SUFFIX",
     "SCHEDULE_KINDS",
     "LoweredOp",
@@ -110,6 +111,17 @@ def check_constraints(kind: str, ranks: int, microbatches: int, chunks: int = 2)
         raise UsageError(
             f"parallel.chunks: interleaved needs at least 2 model chunks per rank, got {chunks} "
             "(use 2, 3, 4, ... or parallel.schedule = '1f1b')"
+        )
+    stages = stage_count(kind, ranks, chunks)
+    if stages * microbatches * 2 > MAX_OPS:
+        most = MAX_OPS // (2 * stages)
+        advice = (f"use at most {most} micro-batches per step" if most else
+                  f"use fewer than {stages} stages (pipeline ranks, or chunks per rank)")
+        raise UsageError(
+            f"parallel.microbatches: {kind} with {stages} stages and {microbatches} "
+            f"micro-batches means at least {stages * microbatches * 2} ops (a forward and a "
+            f"backward per micro-batch and stage), more than the {MAX_OPS} a schedule may hold "
+            f"(schedules.MAX_OPS); {advice}"
         )
     if kind == "bitpipe-zb" and microbatches < 2:
         raise UsageError(

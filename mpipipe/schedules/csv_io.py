@@ -29,7 +29,7 @@ from mpipipe.errors import UsageError
 from mpipipe.schedules.building import with_eager_syncs
 from mpipipe.schedules.grid import ScheduleError
 from mpipipe.schedules.ops import Op, OpType, chunk_name, pipe_name
-from mpipipe.schedules.schedule import Placement, Schedule
+from mpipipe.schedules.schedule import MAX_OPS, Placement, Schedule
 from mpipipe.schedules.torch_csv import Message, check_messages, read_cell
 from mpipipe.schedules.validate import validate
 
@@ -72,6 +72,10 @@ def from_csv(text: str, source: str = "schedule CSV") -> Schedule:
         raise UsageError(f"{source}: no ops found; write one row of ops per rank such as 0,0F0,0B0")
     rows = _order_rows(rows, source)
     ops = [row.ops for row in rows]
+    count = sum(len(rank_ops) for rank_ops in ops)
+    if count > MAX_OPS:
+        raise UsageError(f"{source}: {count} ops, more than the {MAX_OPS} a schedule may hold "
+                         "(schedules.MAX_OPS)")
     places: list[list[str | None]] = [list(row.places) for row in rows]
     ranks = len(ops)
     placement = _infer_placement(rows, source)

@@ -34,7 +34,8 @@ def timeline_text(simulation: Simulation) -> str:
     slots = math.ceil(_exact(simulation.makespan) / unit)
     if slots > _MAX_SLOTS:
         raise UsageError(
-            f"--format text: these costs need {slots} time slots of {float(unit):g} per row "
+            f"--format text: these costs need {float(slots):.3g} time slots of {float(unit):g} "
+            "per row "
             f"(at most {_MAX_SLOTS}); use rounder costs, or --format png or json"
         )
     width = max([len(str(timed.op)) for timed in timed_ops] + [len(str(slots - 1))])

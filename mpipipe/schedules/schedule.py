@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 
 from mpipipe.schedules.ops import Op, OpType
 
+# The most ops one schedule may hold: generating, validating and dry-running take
+# about 50 us per op, so this bounds them to seconds (and the op lists to ~100 MB).
+MAX_OPS = 200_000
+
 
 @dataclass(frozen=True)
 class Placement:

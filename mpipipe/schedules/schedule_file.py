@@ -6,17 +6,16 @@ both read through here, so a file gives the same verdict in both.
 
 from __future__ import annotations
 
-import codecs
 import os
 
 from mpipipe.errors import UsageError
+from mpipipe.paths import decode_text, path_problem
 from mpipipe.schedules.csv_io import from_csv
 from mpipipe.schedules.schedule import Schedule
 
 SCHEDULE_FILE_SUFFIX = ".csv"
 # Far above any real schedule (D = 64, N = 1024 ZB-V is about 3 MB), far below trouble.
 MAX_SCHEDULE_BYTES = 64 * 2**20
-_UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
 def read_schedule_file(path: str, source: str) -> Schedule:
@@ -26,13 +25,13 @@ def read_schedule_file(path: str, source: str) -> Schedule:
 
 def read_schedule_text(path: str, source: str) -> str:
     """The file's text, or a UsageError saying why it is not a readable UTF-8 text file."""
-    if not os.path.exists(path):
+    problem = path_problem(path)  # stat first: a named pipe would block, a device never end
+    if problem is not None:
+        said = ": no such file" if problem == "does not exist" else f" {problem}"
         raise UsageError(
-            f"{source}: no such file; give the path of a schedule CSV (mpipipe schedule KIND "
+            f"{source}{said}; give the path of a schedule CSV file (mpipipe schedule KIND "
             "-D D -N N --format csv --out FILE writes one)"
         )
-    if os.path.isdir(path):
-        raise UsageError(f"{source} is a folder; give the path of a schedule CSV file")
     try:
         size = os.path.getsize(path)
         if size > MAX_SCHEDULE_BYTES:
@@ -44,21 +43,4 @@ def read_schedule_text(path: str, source: str) -> str:
             data = file.read()
     except OSError as error:
         raise UsageError(f"{source} cannot be read: {error.strerror}") from None
-    return _decode(data, source)
-
-
-def _decode(data: bytes, source: str) -> str:
-    if data.startswith(_UTF16_MARKS):
-        raise UsageError(f"{source} is UTF-16 text; save it as UTF-8 (or ASCII)")
-    nul = data.find(b"\0")
-    if nul >= 0:
-        raise UsageError(
-            f"{source} is not UTF-8 text (byte {nul} is NUL: a binary or UTF-16 file); give a "
-            "CSV file of ops saved as UTF-8"
-        )
-    try:
-        return data.decode("utf-8-sig")  # spreadsheets put a byte-order mark first
-    except UnicodeDecodeError as error:
-        raise UsageError(
-            f"{source} is not UTF-8 text (byte {error.start}); save it as UTF-8 (or ASCII)"
-        ) from None
+    return decode_text(data, source)

@@ -19,7 +19,6 @@ waits for, with the step x rank grid marked where they stopped.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Container
 from dataclasses import dataclass, replace
 
@@ -28,6 +27,9 @@ from mpipipe.schedules.grid import ScheduleError, step_grid
 from mpipipe.schedules.lowering import lower
 from mpipipe.schedules.ops import Op, OpType
 from mpipipe.schedules.schedule import Schedule
+
+# The range of op costs and latency a dry run takes (see OpCosts.parse).
+COST_MIN, COST_MAX = 1e-6, 1e6
 
 
 @dataclass(frozen=True)
@@ -59,22 +61,27 @@ class OpCosts:
 
     @classmethod
     def parse(cls, text: str, latency: float = 0.0) -> OpCosts:
-        """Read `--cost F,B` (I = W = B/2) or `--cost F,B,W` (I = B - W)."""
+        """Read `--cost F,B` (I = W = B/2) or `--cost F,B,W` (I = B - W).
+
+        The simulator has no time unit, so every cost lies in [COST_MIN, COST_MAX]: a
+        zero-length op has no place in the grid, and wider ranges lose float precision.
+        """
         usage = (
-            f"--cost: expected F,B or F,B,W as finite non-negative numbers with W <= B and "
-            f"F + B > 0 (such as 1,2 or 1,2,1), got {text!r}"
+            f"--cost: expected F,B or F,B,W as finite numbers from {COST_MIN:g} to "
+            f"{COST_MAX:g} with W < B (such as 1,2 or 1,2,1), got {text!r}"
         )
         try:
             numbers = [float(part) for part in text.split(",")]
         except ValueError:
             raise UsageError(usage) from None
-        if len(numbers) not in (2, 3) or not all(math.isfinite(number) for number in numbers):
+        weight_too_big = len(numbers) == 3 and numbers[2] >= numbers[1]
+        in_range = all(COST_MIN <= number <= COST_MAX for number in numbers)  # False for NaN
+        if len(numbers) not in (2, 3) or not in_range or weight_too_big:
             raise UsageError(usage)
-        weight_too_big = len(numbers) == 3 and numbers[2] > numbers[1]
-        if min(numbers) < 0 or weight_too_big or numbers[0] + numbers[1] == 0:
-            raise UsageError(usage)
-        if not (math.isfinite(latency) and latency >= 0):
-            raise UsageError(f"--latency: expected a finite non-negative number, got {latency}")
+        if not 0 <= latency <= COST_MAX:  # False for NaN
+            raise UsageError(
+                f"--latency: expected a number from 0 to {COST_MAX:g}, got {latency}"
+            )
         weight = numbers[2] if len(numbers) == 3 else None
         return cls(forward=numbers[0], backward=numbers[1], backward_weight=weight, latency=latency)
 
