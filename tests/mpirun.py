@@ -166,6 +166,15 @@ def job_processes(marker: str) -> list[LiveProcess]:
     ]
 
 
+def processes_left(marker: str, grace_s: float = 30.0) -> list[LiveProcess]:
+    """The job's processes still alive after `grace_s`: a rank the launcher has just signalled
+    may take a moment to exit on a loaded machine, an orphan never does."""
+    deadline = time.monotonic() + grace_s
+    while (left := job_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
 def rank_pids(marker: str) -> dict[int, int]:
     """World rank -> pid of the Python processes of the job carrying `marker`."""
     return {

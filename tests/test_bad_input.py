@@ -48,6 +48,7 @@ from mpirun import (
     JobResult,
     job_processes,
     mpipipe_args,
+    processes_left,
     rank_environment,
     run_ranks,
 )
@@ -394,7 +395,7 @@ def test_bad_input_fails_once_on_every_rank(case, tmp_path, request, record_prop
     assert len(errors) == 1, as_users_run_it.stderr[-2000:]
     assert case.fragment in errors[0], errors[0]
     assert "Traceback" not in as_users_run_it.output
-    assert job_processes(marker) == []
+    assert processes_left(marker) == []
 
     each_rank_alone = run_case(case, args, marker, EVERY_RANK_EXITS_ITSELF)
     record_property("seconds_to_fail_every_rank_itself", round(each_rank_alone.seconds, 2))
@@ -405,7 +406,7 @@ def test_bad_input_fails_once_on_every_rank(case, tmp_path, request, record_prop
     assert [without_numbers(line, case) for line in again] == [
         without_numbers(line, case) for line in errors]
     assert "Traceback" not in each_rank_alone.output
-    assert job_processes(marker) == []
+    assert processes_left(marker) == []
     assert (metrics.read_text() if metrics.exists() else "") == metrics_before  # no step ran
 
 
@@ -445,4 +446,4 @@ def test_ranks_started_with_different_settings_are_named_before_any_message(tmp_
         errors[0])
     assert "model.d_model is 64 on ranks 0, 1 but 32 on ranks 2, 3" in errors[0]
     assert "Traceback" not in done.stderr
-    assert job_processes(str(tmp_path)) == []
+    assert processes_left(str(tmp_path)) == []

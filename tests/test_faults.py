@@ -41,8 +41,8 @@ from mpirun import (
     REPO,
     JobResult,
     end_job,
-    job_processes,
     mpipipe_args,
+    processes_left,
     rank_pids,
     run_ranks,
     start_ranks,
@@ -116,7 +116,7 @@ def test_killed_rank_ends_the_job_and_resume_is_bitwise_exact(tmp_path, record_p
     # mpirun ended the others, not their watchdogs (runtime.timeout_s = 300 s, longer than
     # HANG_GUARD_S): none of them gave up waiting for the dead rank.
     assert "watchdog" not in stderr, stderr[-2000:]
-    assert job_processes(marker) == []
+    assert processes_left(marker) == []
     assert [row["step"] for row in read_metrics(run_dir)] == list(range(killed_step))
     last_saved = killed_step // every * every
     assert checkpoints(run_dir) == [checkpoint_name(last_saved)]
@@ -140,7 +140,7 @@ def test_hung_rank_fires_a_neighbours_watchdog_naming_op_and_peer(tmp_path, reco
     )
     record_property("seconds_to_fail", round(result.seconds, 2))
     assert result.returncode == 3, result.stderr[-2000:]  # EXIT_HANG
-    assert job_processes(str(run_dir)) == []
+    assert processes_left(str(run_dir)) == []
     fired = WATCHDOG_LINE.search(result.stderr)
     assert fired, result.stderr[-2000:]
     rank, op, peer = int(fired[1]), fired[2], int(fired[3])

@@ -44,7 +44,10 @@ def rank_times(rows: list[dict]) -> list[RankTimes]:
     sums = [[0.0, 0.0, 0.0] for _ in range(ranks)]
     for row in rows:
         for rank in range(ranks):
-            compute, wait = row["compute_s"][rank], row["wait_s"][rank]
+            compute = row["compute_s"][rank]
+            # The step's last waits (sends, syncs) can outlast the window, which ends with the
+            # last op: only the part inside it is drawn, so the three parts fill the window.
+            wait = min(row["wait_s"][rank], max(0.0, row["window_s"] - compute))
             totals = sums[rank]
             totals[0] += compute
             totals[1] += wait
