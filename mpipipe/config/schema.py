@@ -141,7 +141,8 @@ class ParallelConfig:
         "unit", "the op costs zb-h1, zb-v, bitpipe-zb and bitpipe (N > D) order their ops for: "
         "unit: each kind's reference order; F,B or F,B,W: planned for these ratios (I = B - W), "
         "the same on every stage; measured: planned from every stage's op times measured in "
-        "the first parallel.plan_after steps (a schedule file ignores this key)",
+        "the first parallel.plan_after steps (a schedule file keeps its own order; measured "
+        "needs a schedule kind)",
         COST_MODES, cost_ratios=True,
     )
     plan_after: int = option(
