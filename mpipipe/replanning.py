@@ -12,8 +12,9 @@ numbers the same costs and the same order:
 - per stage and kind: the median over the measured steps, so the first
   step's one-time costs (allocation, kernel compilation) do not count
   unless it is the only one;
-- in units of the fastest stage's forward, rounded to 1/COST_GRID: the
-  costs are the plan's only input, short and exact in the checkpoint;
+- in units of the fastest stage's forward, rounded to 1/COST_GRID (and at
+  least that): the costs are the plan's only input, short and exact in the
+  checkpoint;
 - `plan(kind, D, N, costs)` within the kind's default memory cap (D
   micro-batches of L/D layers per rank), which replaces the unit order
   only where it simulates faster under those costs. Messages are not
@@ -52,7 +53,8 @@ def measured_costs(rows: np.ndarray, stages: int, split_backward: bool) -> tuple
     unit = float(typical[:, 0].min())
     if not unit > 0:
         raise RuntimeError("parallel.costs = 'measured': some stage's forwards took no time")
-    grid = np.round(typical / unit * COST_GRID) / COST_GRID
+    # At least one step of the grid: an op of no length has no place in a schedule's grid.
+    grid = np.maximum(np.round(typical / unit * COST_GRID), 1) / COST_GRID
     per_stage = tuple(
         (float(forward), float(gradient), float(weight) if split_backward else 0.0)
         for forward, gradient, weight in grid

@@ -85,11 +85,11 @@ def test_cost_slots_put_b_and_i_together_and_leave_syncs_out():
     assert times.row() == [0.0] * 12
 
 
-def rows_of(steps: list[list[tuple]]) -> list[float]:
+def rows_of(steps: list[list[tuple]], stages: int = 2) -> list[float]:
     """One rank's OpTimes rows from per step [(stage, kind, seconds, count), ...]."""
     rows = []
     for entries in steps:
-        seconds, counts = [0.0] * (2 * KINDS), [0.0] * (2 * KINDS)
+        seconds, counts = [0.0] * (stages * KINDS), [0.0] * (stages * KINDS)
         for stage, kind, total, count in entries:
             seconds[stage * KINDS + kind] += total
             counts[stage * KINDS + kind] += count
@@ -124,6 +124,9 @@ def test_measured_costs_round_to_the_grid_and_an_unsplit_backward_is_all_b():
         (1.0, round(7 / 3 / grid) * grid, 0.0), (round(4 / 3 / grid) * grid, round(10 / 3 / grid)
                                                   * grid, 0.0))
     assert costs.duration(Op(OpType.BACKWARD, 1, 0)) == costs.per_stage[1][1]
+    tiny_weight = rows_of([[(0, 0, 1.0, 1), (0, 1, 1.0, 1), (0, 2, 0.001, 1)]], stages=1)
+    costs, _ = measured_costs(np.asarray([tiny_weight]), 1, split_backward=True)
+    assert costs.per_stage == ((1.0, 1.0, grid),)  # one step of the grid, never zero
 
 
 def test_the_order_planned_for_the_costs_replaces_the_unit_order_only_if_faster():

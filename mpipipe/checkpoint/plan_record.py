@@ -70,11 +70,12 @@ def read_plan_record(path: str) -> PlanRecord:
                     "from an earlier checkpoint"
                 ) from None
         cap = attrs.get(MEMORY_CAP_ATTRIBUTE, 0.0)
+        measured = attrs.get(MEASURED_ATTRIBUTE, False)
         return PlanRecord(
             step=int(step) if isinstance(step, (int, np.integer)) else 0,
             source=str(attrs.get(SOURCE_ATTRIBUTE, "")),
             digest=str(attrs.get(DIGEST_ATTRIBUTE, "")),
             costs=costs,
             memory_cap=float(cap) if isinstance(cap, (float, np.floating)) else 0.0,
-            measured=bool(attrs.get(MEASURED_ATTRIBUTE, False)) is True,
+            measured=isinstance(measured, (bool, np.bool_)) and bool(measured),
         )
