@@ -4,8 +4,9 @@
 (plan.choose_schedule). With 'measured', the first parallel.plan_after
 steps run the unit order while the engine times every op per stage and
 kind (runtime/op_costs.py). After the last of them every rank gathers every
-rank's rows of those steps (one allgather) and computes from the same
-numbers the same costs and the same order:
+rank's rows of those steps (one meeting of the trainer's rendezvous, its
+waits watched) and computes from the same numbers the same costs and the
+same order:
 
 - per step, stage and kind: the seconds of every holder's ops over their
   count (a mean over mirror copies and data-parallel replicas);
@@ -28,6 +29,7 @@ a resume before the re-plan goes on measuring.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -112,9 +114,13 @@ class Replanning:
         """Whether the re-plan comes before `next_step`."""
         return self.replan_at is not None and next_step >= self.replan_at
 
-    def replan(self, comm, run_plan: RunPlan) -> tuple[RunPlan, str]:
-        """Collective: the plan to run from now on, and the line that says what changed."""
-        gathered = np.asarray(comm.allgather(np.asarray(self.rows, dtype=np.float64)))
+    def replan(
+        self, gather: Callable[[object], list], run_plan: RunPlan
+    ) -> tuple[RunPlan, str]:
+        """Collective: the plan to run from now on, and the line that says what changed.
+        `gather(record)` gives every rank the records of ranks 0, 1, ... (the trainer's
+        rendezvous, whose waits are watched)."""
+        gathered = np.asarray(gather(np.asarray(self.rows, dtype=np.float64)))
         schedule = run_plan.schedule
         costs, unit_s = measured_costs(gathered, schedule.stages, schedule.split_backward)
         choice = choose_order(schedule, costs)

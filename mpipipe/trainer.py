@@ -148,7 +148,8 @@ class Trainer:
         optim = self.config.optim
         learning = learning_rate(self.step, optim, self.config.train.steps)
         if self._engine_behind:  # a resume chose another order: the engine takes it now
-            self.engine.replan(self.plan)
+            with self.phases.phase("resume: the checkpoint's order"):
+                self.engine.replan(self.plan)
             self._engine_behind = False
         started = time.perf_counter()
         stats = self.engine.forward_backward(self.step)
@@ -176,9 +177,10 @@ class Trainer:
         if not self.replanning.due(self.step):
             return
         old_digest = self.plan.schedule.digest()
-        self.plan, message = self.replanning.replan(self.comm, self.plan)
-        if self.plan.schedule.digest() != old_digest:
-            self.engine.replan(self.plan)
+        with self.phases.phase("re-plan: the measured op costs"):
+            self.plan, message = self.replanning.replan(self.rendezvous.agree, self.plan)
+            if self.plan.schedule.digest() != old_digest:
+                self.engine.replan(self.plan)
         self.schedule_record["schedule_digest"] = self.plan.schedule.digest()
         self._say(message, self._progress)
 
