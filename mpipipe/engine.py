@@ -31,6 +31,7 @@ from mpipipe.errors import UsageError
 from mpipipe.layers.base import MicroBatch
 from mpipipe.plan import RunPlan
 from mpipipe.runtime.faults import NO_FAULTS, FaultHooks
+from mpipipe.runtime.op_costs import OpTimes, cost_slot
 from mpipipe.runtime.params import ParamStore
 from mpipipe.runtime.receive_slots import ChunkKey, ReceiveNeed, assign_slots, due
 from mpipipe.runtime.stage import LayerStage, StageCompute, StageFactory
@@ -51,6 +52,8 @@ class EngineOptions:
     # A receive starts while the op this many ops before the one needing it computes.
     receive_lookahead: int = 1
     cuda_aware: bool = False  # MPI takes device buffers directly (else staged through the host)
+    # What times each op's compute (None: MPI.Wtime); a test gives a deterministic one.
+    clock: Callable[[], float] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +79,7 @@ class BoundOp:
     compute: StageCompute | None  # None for a SYNC
     chunk: ChunkKey
     microbatch: int
+    cost_slot: int  # where its compute time goes in the engine's OpTimes
     first_stage: bool
     last_stage: bool
     receive: PendingReceive | None  # the message it waits for
@@ -124,6 +128,8 @@ class Engine:
         self.watchdog = watchdog
         self.timeline = timeline
         self.options = options or EngineOptions()
+        self.clock = self.options.clock or MPI.Wtime
+        self.op_times = OpTimes(plan.schedule.stages)  # this rank's op times, last step
         self.faults = faults
         self.grid = plan.grid
         # Set from a signal handler; every rank learns of it with the step's statistics.
@@ -209,6 +215,7 @@ class Engine:
                 compute=self.stages.get(op.stage),
                 chunk=(op.pipe, op.stage, op.microbatch),
                 microbatch=op.microbatch,
+                cost_slot=cost_slot(op),
                 first_stage=op.stage == 0,
                 last_stage=op.stage == last_stage,
                 receive=by_position.get(position),
@@ -314,6 +321,7 @@ class Engine:
         self.watchdog.step = step
         self.timeline.begin_step(step)
         self.store.zero_grads()
+        self.op_times.begin_step()
         state = StepState(step)
         self._start_receives(state, -1)
         middle = len(program.ops) // 2
@@ -331,7 +339,7 @@ class Engine:
     def _forward(self, state: StepState, op: BoundOp) -> None:
         context = self._context(state, op.microbatch)
         x = context.tokens if op.first_stage else self._incoming(state, op)
-        start = MPI.Wtime()
+        start = self.clock()
         y, cache = op.compute.forward(x, context)
         self._computed(state, op, start)
         state.keep_cache(op.chunk, cache)
@@ -343,7 +351,7 @@ class Engine:
     def _backward(self, state: StepState, op: BoundOp) -> None:
         dy = self.upstream_gradient_of_loss if op.last_stage else self._incoming(state, op)
         cache = state.caches.pop(op.chunk)
-        start = MPI.Wtime()
+        start = self.clock()
         if op.type is OpType.BACKWARD:
             dx = op.compute.backward(dy, cache)
         else:
@@ -353,7 +361,7 @@ class Engine:
             self._outgoing(state, op, dx)
 
     def _backward_weight(self, state: StepState, op: BoundOp) -> None:
-        start = MPI.Wtime()
+        start = self.clock()
         op.compute.backward_weight(state.weight_caches.pop(op.chunk))
         self._computed(state, op, start)
 
@@ -371,8 +379,9 @@ class Engine:
         poll = self.messenger.poll
         poll()
         self.backend.synchronize(while_waiting=poll)
-        end = MPI.Wtime()
+        end = self.clock()
         state.computed(start, end)
+        self.op_times.add(op.cost_slot, end - start)
         self.timeline.add(op.label, "compute", start, end)
 
     # ----- data movement ------------------------------------------------------

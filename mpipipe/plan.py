@@ -13,6 +13,7 @@ import numpy as np
 
 from mpipipe.config.schema import Config, ParallelConfig
 from mpipipe.config.validate import pipeline_degree, validate_config
+from mpipipe.cost_modes import COST_MODES
 from mpipipe.data import build_batcher
 from mpipipe.errors import UsageError
 from mpipipe.models.model import Model, build_model
@@ -20,8 +21,11 @@ from mpipipe.runtime.batch_source import MicroBatchSource
 from mpipipe.runtime.grid import ProcessGrid, make_grid
 from mpipipe.schedules import (
     SCHEDULE_KINDS,
+    OpCosts,
     ScheduleError,
     build_schedule,
+    order_depends_on_costs,
+    plan,
     read_schedule_file,
     stages_reason,
 )
@@ -89,12 +93,20 @@ def choose_schedule(parallel: ParallelConfig, world_size: int) -> tuple[Schedule
 
     parallel.schedule names a generator, or a CSV file that every rank reads, validates
     and dry-runs, and that must fit the layout: one row per pipeline rank, and
-    parallel.microbatches micro-batches.
+    parallel.microbatches micro-batches. A generator gives its reference order, or with
+    parallel.costs = F,B[,W] its order planned for those ratios on every stage (what
+    `mpipipe schedule KIND --cost F,B,W` shows); a file's order is the file's. Measured
+    costs re-plan later, in training (replanning.py).
     """
     name = parallel.schedule
     if name in SCHEDULE_KINDS:
-        schedule = build_schedule(name, parallel.pipeline, parallel.microbatches, parallel.chunks)
-        return schedule, stages_reason(name, parallel.pipeline, parallel.chunks)
+        ranks, microbatches, chunks = parallel.pipeline, parallel.microbatches, parallel.chunks
+        if parallel.costs in COST_MODES or not order_depends_on_costs(name, ranks, microbatches):
+            schedule = build_schedule(name, ranks, microbatches, chunks)
+        else:
+            costs = OpCosts.parse(parallel.costs, name="parallel.costs")
+            schedule = plan(name, ranks, microbatches, costs, chunks=chunks)
+        return schedule, stages_reason(name, ranks, chunks)
     source = f"parallel.schedule {name!r}"
     try:
         schedule = read_schedule_file(name, source)

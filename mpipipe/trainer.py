@@ -19,9 +19,11 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 
 from mpipipe.checkpoint.folder import checkpoint_name, prune, remove_partials
 from mpipipe.checkpoint.load import load_checkpoint, resolve_resume
+from mpipipe.checkpoint.plan_record import read_plan_record
 from mpipipe.checkpoint.save import (
     RunState,
     SavedCheckpoint,
@@ -33,6 +35,7 @@ from mpipipe.metrics import MetricsWriter
 from mpipipe.optim import ParamGroup, build_optimizer, clip_coefficient, learning_rate
 from mpipipe.plan import RunPlan
 from mpipipe.progress import Progress
+from mpipipe.replanning import Replanning
 from mpipipe.runtime.failure import CollectiveStop
 from mpipipe.runtime.faults import faults_from_environment
 from mpipipe.runtime.params import ParamStore
@@ -74,7 +77,9 @@ class Trainer:
         verbose: bool = True,
         resuming: bool = False,
         phases: PhaseWatchdog | None = None,
+        op_clock: Callable[[], float] | None = None,
     ):
+        """`op_clock` times the ops' compute (default MPI.Wtime; a test gives its own)."""
         self.plan = plan
         self.config = plan.config
         self.comm = comm
@@ -103,7 +108,9 @@ class Trainer:
             backend=backend,
             watchdog=self.watchdog,
             timeline=self.timeline,
-            options=EngineOptions(recv_window=runtime.recv_window, cuda_aware=cuda_aware),
+            options=EngineOptions(
+                recv_window=runtime.recv_window, cuda_aware=cuda_aware, clock=op_clock
+            ),
             faults=self.faults,
             stage_factory=stage_factory,
         )
@@ -129,11 +136,21 @@ class Trainer:
             "schedule": self.config.parallel.schedule,
             "schedule_digest": plan.schedule.digest(),
         }
+        # parallel.costs = 'measured': the first steps are timed, then the order re-planned.
+        self.replanning = Replanning(plan)
+        self._engine_behind = False  # self.plan's schedule is not yet the engine's
+        self._progress: Progress | None = None
+        for note in self.replanning.notes:
+            self._say(note)
 
     def train_step(self) -> dict:
         """One optimizer step; returns its metrics row (the same on every rank)."""
         optim = self.config.optim
         learning = learning_rate(self.step, optim, self.config.train.steps)
+        if self._engine_behind:  # a resume chose another order: the engine takes it now
+            with self.phases.phase("resume: the checkpoint's order"):
+                self.engine.replan(self.plan)
+            self._engine_behind = False
         started = time.perf_counter()
         stats = self.engine.forward_backward(self.step)
         self.stop_asked_on_some_rank = stats.stop_asked_on_some_rank
@@ -148,7 +165,24 @@ class Trainer:
         row = self._row(stats, learning, step_time, applied)
         self.metrics.write(row)
         self.step += 1
+        self._replan_if_due()
         return row
+
+    def _replan_if_due(self) -> None:
+        """parallel.costs = 'measured': keep this step's op times; after the last measured
+        step, switch every rank to the order planned for them (collective)."""
+        if not self.replanning.measuring:
+            return
+        self.replanning.record(self.engine.op_times)
+        if not self.replanning.due(self.step):
+            return
+        old_digest = self.plan.schedule.digest()
+        with self.phases.phase("re-plan: the measured op costs"):
+            self.plan, message = self.replanning.replan(self.rendezvous.agree, self.plan)
+            if self.plan.schedule.digest() != old_digest:
+                self.engine.replan(self.plan)
+        self.schedule_record["schedule_digest"] = self.plan.schedule.digest()
+        self._say(message, self._progress)
 
     def _on_non_finite(self, stats: StepStats) -> None:
         values = {"loss": stats.loss, "gradient norm": stats.grad_norm}
@@ -202,6 +236,7 @@ class Trainer:
         """
         last = self.config.train.steps if steps is None else self.step + steps
         every = self.config.checkpoint.every
+        self._progress = progress
         rows = []
         while self.step < last:
             row = self.train_step()
@@ -274,12 +309,21 @@ class Trainer:
         point = resolve_resume(spec, self.checkpoint_dir, self.comm, self.rendezvous)
         for removed in point.removed_partials:
             self._say(f"removed {removed}: the partial file of a save that did not finish")
+        # The order the checkpoint's run chose; the engine takes it at the next step, after
+        # every rank has loaded (its sync communicators are made collectively).
+        old_digest = self.plan.schedule.digest()
+        self.plan, plan_note = self.replanning.resume(read_plan_record(point.path), self.plan)
+        if self.plan.schedule.digest() != old_digest:
+            self._engine_behind = True
+        self.schedule_record["schedule_digest"] = self.plan.schedule.digest()
         with self.phases.phase("resume: loading", point.path):
             loaded = load_checkpoint(self.run_state(), point.path)
         self.step = self._saved_step = loaded.step
         if self.metrics_path is not None:
             self._drop_metrics_from(loaded.step)
         self._say(f"resumed from {loaded.path} at step {loaded.step}")
+        if plan_note:
+            self._say(plan_note)
         if loaded.schedule_change:
             self._say(loaded.schedule_change)
         if not loaded.same_data:

@@ -250,6 +250,9 @@ CASES = [
     Case("blocks-do-not-split",
          tiny(*RANDOM_DATA, "--set", "parallel.schedule=bitpipe", "--set", "model.n_layer=12"),
          "has 12 transformer blocks, which cannot be split evenly into 8 stages"),
+    Case("costs-not-numbers", tiny(*RANDOM_DATA, "--set", "parallel.costs=1,two,1"),
+         "parallel.costs: expected 'unit' or 'measured' or F,B or F,B,W as finite numbers "
+         "from", ranks=2),
     # A schedule file (parallel.schedule = "mine.csv").
     Case("schedule-ragged-row",
          schedule_file("\n".join([ONE_F_ONE_B_ROWS[0], ONE_F_ONE_B_ROWS[1].rsplit(",", 3)[0]])),
@@ -269,6 +272,10 @@ CASES = [
          "runs 4 micro-batches per step, but parallel.microbatches = 8", ranks=2),
     Case("schedule-rows-disagree", schedule_file("\n".join(ONE_F_ONE_B_ROWS)),
          "has 2 rows, one per pipeline rank, but this run has 4 pipeline ranks"),
+    Case("schedule-file-with-measured-costs",
+         schedule_file("\n".join(ONE_F_ONE_B_ROWS), "--set", "parallel.costs=measured"),
+         "parallel.costs = 'measured' re-plans a generated schedule's order, but "
+         "parallel.schedule is the file", ranks=2),
     Case("schedule-file-missing", schedule_file(None), "mine.csv': no such file", ranks=2),
     Case("schedule-file-is-a-folder", schedule_file("folder"), "mine.csv' is a folder",
          ranks=2),

@@ -7,18 +7,22 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from mpipipe.bench import emulated_device
+from mpipipe.bench import emulated_device, search_cache
 from mpipipe.bench.driver import BenchOptions, part_command
-from mpipipe.bench.emulated import EmulatedResult, EmulatedSettings, bitpipe_ratios
+from mpipipe.bench.emulated import EmulatedResult, EmulatedSettings, flagship_ratios
 from mpipipe.bench.emulated_device import PROGRESS_POLL_S, Sleeper, emulated_accelerator
 from mpipipe.bench.emulated_model import emulated_model, emulated_stage_factory, stage_costs
 from mpipipe.bench.launcher import PROGRAM_VARIABLE, find_launcher
 from mpipipe.bench.report import markdown_table
-from mpipipe.schedules import SCHEDULE_KINDS, build_schedule, partition_layers
+from mpipipe.bench.schedule_table import ScheduleTableSettings, run_schedule_table
+from mpipipe.bench.search_cache import SearchCache, same_model_costs
+from mpipipe.bench.tables import schedules_markdown
+from mpipipe.schedules import SCHEDULE_KINDS, build_schedule, partition_layers, plan
 from mpipipe.schedules.simulate import OpCosts, simulate
 
 from mpirun import REPO, mpipipe_args, run_ranks
@@ -29,7 +33,8 @@ RESULT_KEYS = {"schedule", "ranks", "microbatches", "step_s", "window_s", "simul
 
 @pytest.fixture(scope="module")
 def quick_emulated(tmp_path_factory):
-    """`mpipipe bench emulated --quick` on 4 ranks: 1F1B and BitPipe, D = N = 4, 5 ms ops."""
+    """`mpipipe bench emulated --quick` on 4 ranks: 1F1B, BitPipe and BitPipe-ZB, D = N = 4,
+    5 ms ops, F,B,W = 1,2,1 and 1,2,0.5."""
     out = tmp_path_factory.mktemp("bench")
     job = run_ranks(4, mpipipe_args("bench", "emulated", "--quick", "--out", str(out)),
                     timeout=120)
@@ -39,13 +44,24 @@ def quick_emulated(tmp_path_factory):
 
 def test_quick_emulated_writes_one_result_per_case(quick_emulated):
     _, data, _ = quick_emulated
-    assert {"command", "machine", "date", "settings", "results", "bitpipe_ratios"} <= set(data)
-    cases = {(row["schedule"], row["ranks"], row["microbatches"]) for row in data["results"]}
-    assert cases == {("1f1b", 4, 4), ("bitpipe", 4, 4)}
+    assert {"command", "machine", "date", "settings", "results", "flagship_ratios"} <= set(data)
+    cases = {(row["schedule"], row["ranks"], row["microbatches"], row["profile"])
+             for row in data["results"]}
+    assert cases == {(kind, 4, 4, profile) for kind in ("1f1b", "bitpipe", "bitpipe-zb")
+                     for profile in ("1,2,1", "1,2,0.5")}
     for row in data["results"]:
         assert set(row) >= RESULT_KEYS
         assert row["overhead"] == pytest.approx(row["step_s"] / row["simulated_s"] - 1)
-    assert [ratio["rival"] for ratio in data["bitpipe_ratios"]] == ["1f1b"]
+        # Each schedule ran its order planned for the profile, as simulated.
+        costs = OpCosts.parse(row["profile"]).scaled(0.005 * 4 / row["stages"])
+        planned = plan(row["schedule"], 4, 4, costs)
+        expected = simulate(planned, replace(costs, latency=row["latency_s"])).makespan
+        assert row["simulated_s"] == pytest.approx(expected, rel=1e-12)
+        if search_cache.available():  # below the simulated makespan only by the latency
+            assert row["search_s"] <= row["simulated_s"] + 1e-12
+    pairs = {(ratio["flagship"], ratio["rival"]) for ratio in data["flagship_ratios"]}
+    assert pairs == {("bitpipe-zb", "1f1b"), ("bitpipe-zb", "bitpipe"), ("bitpipe", "1f1b"),
+                     ("bitpipe", "bitpipe-zb")}
 
 
 def test_quick_emulated_markdown_says_compute_is_emulated(quick_emulated):
@@ -55,7 +71,8 @@ def test_quick_emulated_markdown_says_compute_is_emulated(quick_emulated):
     assert data["command"] in markdown
     case_rows = [line for line in markdown.splitlines() if line.startswith("| 4 | 4 |")]
     assert len(case_rows) == len(data["results"])
-    assert "| 5.0 | 4 | 4 |" in markdown  # the BitPipe ratio row: f0, D, N
+    assert markdown.count("| 1,2,0.5 | 5.0 | 4 | 4 |") == 2  # a ratio row of each flagship
+    assert "### bitpipe-zb's throughput over every other schedule" in markdown
 
 
 class FakeClock:
@@ -113,17 +130,24 @@ def test_emulated_device_queues_work_back_to_back_and_the_host_waits_for_it(cloc
     assert max(gaps) < 2 * PROGRESS_POLL_S
 
 
-@pytest.mark.parametrize("kind", ["1f1b", "interleaved", "bitpipe", "zb-v"])
-def test_stage_costs_give_every_schedule_the_same_work(kind):
+@pytest.mark.parametrize(("profile", "per_microbatch"), [("1,2,1", 3), ("1,1,0.5", 2),
+                                                        ("1,2,0.5", 3)])
+@pytest.mark.parametrize("kind", ["1f1b", "interleaved", "bitpipe", "zb-v", "bitpipe-zb"])
+def test_stage_costs_give_every_schedule_the_same_work(kind, profile, per_microbatch):
     """Sleeps per rank from stage_costs equal the simulator's busy time, scaled by D/S."""
     ranks, microbatches, f0 = 4, 8, 0.02
     schedule = build_schedule(kind, ranks, microbatches)
-    costs = stage_costs(f0, ranks, schedule.stages)
+    costs = stage_costs(f0, ranks, schedule.stages, profile)
     slept = [sum(costs.cost(op.type) for op in rank_ops) for rank_ops in schedule.ops]
-    simulated = simulate(schedule, OpCosts(f0, 2 * f0), scale_by_stage_size=True).busy
+    forward, backward, weight = (float(part) for part in profile.split(","))
+    asked = OpCosts(forward * f0, backward * f0, backward_weight=weight * f0)
+    simulated = simulate(schedule, asked, scale_by_stage_size=True).busy
     np.testing.assert_allclose(slept, simulated, rtol=1e-12)
-    # The same model on every layout: every rank does 3 * f0 of work per micro-batch.
-    np.testing.assert_allclose(slept, [3 * f0 * microbatches] * ranks, rtol=1e-12)
+    # The same model on every layout: every rank does (F + B) * f0 of work per micro-batch.
+    np.testing.assert_allclose(slept, [per_microbatch * f0 * microbatches] * ranks, rtol=1e-12)
+    if schedule.split_backward:
+        assert costs.backward_input == pytest.approx((backward - weight) * f0 * ranks
+                                                     / schedule.stages)
 
 
 def test_emulated_messages_have_the_real_models_size():
@@ -145,22 +169,28 @@ def test_emulated_messages_have_the_real_models_size():
     assert make(schedule.stages - 1, stage_layers[-1], None).output.shape == ()
 
 
-def _result(schedule: str, step_s: float, simulated_s: float) -> EmulatedResult:
+def _result(schedule: str, step_s: float, simulated_s: float,
+            profile: str = "1,2,1") -> EmulatedResult:
     return EmulatedResult(
         schedule=schedule, ranks=4, microbatches=4, stages=4, f0_s=0.02, latency_s=0.0,
         step_s=step_s, window_s=step_s, simulated_s=simulated_s, bubble=0.0,
         simulated_bubble=0.0, compute_excess=0.0, wait_fraction=0.0, step_samples_s=[step_s],
-        window_samples_s=[step_s],
+        window_samples_s=[step_s], profile=profile,
     )
 
 
-def test_bitpipe_ratio_is_throughput_over_each_rival():
-    results = [_result("bitpipe", 2.0, 1.0), _result("1f1b", 3.0, 1.5), _result("gpipe", 9, 9)]
-    (ratio,) = bitpipe_ratios(results)
+def test_flagship_ratios_are_throughput_over_every_other_schedule_at_the_same_profile():
+    results = [_result("bitpipe", 2.0, 1.0), _result("1f1b", 3.0, 1.5),
+               _result("bitpipe-zb", 1.6, 0.8), _result("gpipe", 9, 9, profile="1,2,0.5")]
+    ratios = {(ratio.flagship, ratio.rival): ratio for ratio in flagship_ratios(results)}
+    assert set(ratios) == {("bitpipe-zb", "bitpipe"), ("bitpipe-zb", "1f1b"),
+                           ("bitpipe", "1f1b"), ("bitpipe", "bitpipe-zb")}
     tokens = 100.0  # the same global batch for both
-    assert ratio.rival == "1f1b"
-    assert ratio.measured == pytest.approx((tokens / 2.0) / (tokens / 3.0))
-    assert ratio.simulated == pytest.approx(1.5 / 1.0)
+    assert ratios[("bitpipe", "1f1b")].measured == pytest.approx(
+        (tokens / 2.0) / (tokens / 3.0))
+    assert ratios[("bitpipe", "1f1b")].simulated == pytest.approx(1.5 / 1.0)
+    assert ratios[("bitpipe-zb", "bitpipe")].measured == pytest.approx(2.0 / 1.6)
+    assert ratios[("bitpipe", "bitpipe-zb")].simulated == pytest.approx(0.8 / 1.0)
 
 
 def test_emulated_cases_are_the_ones_each_schedule_can_run():
@@ -175,15 +205,59 @@ def test_emulated_cases_are_the_ones_each_schedule_can_run():
 
 def test_short_op_cases_run_again_with_small_messages_of_that_size():
     settings = EmulatedSettings(ranks=[2], microbatch_multiples=[4], schedules=["1f1b"],
-                                f0_ms=[1.0, 20.0], small_message_f0_ms=[1.0])
+                                f0_ms=[1.0, 20.0], small_message_f0_ms=[1.0], profiles=["1,2,1"])
     assert sorted(settings.cases(2)) == [
-        (8, "1f1b", 0.001, 64 * 1024), (8, "1f1b", 0.001, 4 * 2**20),
-        (8, "1f1b", 0.02, 4 * 2**20),
+        (8, "1f1b", 0.001, 64 * 1024, "1,2,1"), (8, "1f1b", 0.001, 4 * 2**20, "1,2,1"),
+        (8, "1f1b", 0.02, 4 * 2**20, "1,2,1"),
     ]
     assert settings.message_sizes() == [4 * 2**20, 64 * 1024]
     model = emulated_model(settings.channels(64 * 1024), settings.seq_len, body_layers=4)
     assert np.prod(model.layers[0].output_shape((1, settings.seq_len))) * 4 == 64 * 1024
     assert EmulatedSettings(small_message_f0_ms=[]).message_sizes() == [4 * 2**20]
+
+
+def test_profiles_after_the_first_run_at_their_own_f0_with_the_large_messages_only():
+    settings = EmulatedSettings(ranks=[2], microbatch_multiples=[4], schedules=["1f1b"],
+                                f0_ms=[1.0, 20.0], small_message_f0_ms=[1.0],
+                                profiles=["1,2,1", "1,2,0.5"], profile_f0_ms=[20.0])
+    later = [case for case in settings.cases(2) if case[4] != "1,2,1"]
+    assert later == [(8, "1f1b", 0.02, 4 * 2**20, "1,2,0.5")]
+
+
+def test_the_search_cache_runs_each_search_once_and_reads_it_back(tmp_path, monkeypatch):
+    pytest.importorskip("ortools", reason="the search needs OR-Tools (mpipipe[search])")
+    from mpipipe.schedules.search import search
+
+    cache = SearchCache(str(tmp_path), time_limit_s=5.0, workers=1)
+    costs = same_model_costs("1,2,1", "bitpipe", 2)
+    assert costs == OpCosts(0.5, 1.0, backward_weight=0.5)
+    split = cache.figures("bitpipe", 2, 2, costs, True)
+    whole = cache.figures("bitpipe", 2, 2, costs, False)
+    direct = search("bitpipe", 2, 2, costs, True, 2.0, 5.0, 1)
+    assert (split.best, split.bound, split.optimal) == (direct.makespan, direct.bound,
+                                                        direct.optimal)
+    assert whole.best >= split.best  # the split can only help
+    monkeypatch.setattr("mpipipe.schedules.search.search", lambda *a, **k: pytest.fail("again"))
+    again = SearchCache(str(tmp_path), time_limit_s=5.0, workers=1)
+    assert again.figures("bitpipe", 2, 2, costs, True) == split
+    # A whole backward does not care how B divides into I and W.
+    other_weight = same_model_costs("1,2,0.5", "bitpipe", 2)
+    assert again.figures("bitpipe", 2, 2, other_weight, False) == whole
+    assert len(json.loads((tmp_path / search_cache.CACHE_FILE).read_text())) == 2
+
+
+def test_the_schedule_table_without_or_tools_has_makespans_and_says_why(monkeypatch, tmp_path):
+    monkeypatch.setattr("mpipipe.bench.schedule_table.available", lambda: False)
+    settings = ScheduleTableSettings(ranks=[2], microbatch_multiples=[1], profiles=["1,2,1"],
+                                     bubble_ranks=2, bubble_multiples=[1])
+    points = run_schedule_table(settings, SearchCache(str(tmp_path), 1.0, 1), report=print)
+    assert [point.split for point in points] == [None] and points[0].whole is None
+    assert points[0].makespans["bitpipe"] == simulate(
+        build_schedule("bitpipe", 2, 2), OpCosts(0.5, 1.0)).makespan
+    markdown = schedules_markdown(points, {"1f1b": {2: 0.25}}, settings, searched=False)
+    assert "No search columns: the search needs OR-Tools" in markdown
+    assert "| 2 | 2 | 1,2,1 |" in markdown and "| — | — | — |" in markdown
+    assert not (tmp_path / search_cache.CACHE_FILE).exists()
 
 
 def test_cost_per_op_is_the_gap_to_the_simulator_over_the_busiest_ranks_ops():

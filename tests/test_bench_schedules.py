@@ -37,3 +37,14 @@ def test_quick_table_has_every_kind_and_the_searches(tmp_path):
     assert len(rows) == len(points)
     assert all(row.count("|") == len(SCHEDULE_KINDS) + 10 for row in rows)
     assert "bitpipe-zb is the fastest schedule at" in markdown
+    # The bubble table (D = 4 when quick) against the closed forms that hold at B = 2F.
+    bubbles = json.loads((tmp_path / "schedules.json").read_text())["bubbles"]
+    ranks = 4
+    for microbatches in (4, 8):
+        n = str(microbatches)
+        assert bubbles["gpipe"][n] == pytest.approx((ranks - 1) / (microbatches + ranks - 1))
+        assert bubbles["1f1b"][n] == pytest.approx((ranks - 1) / (microbatches + ranks - 1))
+    assert bubbles["bitpipe"]["4"] == pytest.approx((ranks - 2) / (3 * 4 + ranks - 2))
+    assert "4" not in bubbles["dualpipev"] and "8" in bubbles["dualpipev"]
+    assert "### Every schedule's bubble (simulated)" in markdown
+    assert f"| bitpipe | {bubbles['bitpipe']['4']:.3f} |" in markdown

@@ -2,9 +2,10 @@
 
 Each rule names the modules it governs and what they may not import; a
 failure lists every offending `file:line imports module`. The bottom of the
-package (errors, tokens, microbatch, recompute_policy) imports nothing of mpipipe; schedules
-are pure data (no MPI, arrays or plots); the runtime knows nothing of the
-benchmarks; models, data and config do not reach back into each other.
+package (errors, tokens, microbatch, recompute_policy, cost_modes) imports
+nothing of mpipipe; schedules are pure data (no MPI, arrays or plots); the
+runtime knows nothing of the benchmarks; models, data and config do not reach
+back into each other.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ class Rule:
         )
 
 
-BOTTOM = ("mpipipe.errors", "mpipipe.tokens", "mpipipe.microbatch", "mpipipe.recompute_policy")
+BOTTOM = ("mpipipe.errors", "mpipipe.tokens", "mpipipe.microbatch", "mpipipe.recompute_policy",
+          "mpipipe.cost_modes")
 MPI_ARRAYS_PLOTS = ("mpi4py", "numpy", "cupy", "cupyx", "h5py", "matplotlib")
 
 RULES = [

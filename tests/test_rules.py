@@ -33,12 +33,13 @@ from mpipipe.config.schema import (
     RuntimeConfig,
 )
 from mpipipe.config.validate import validate_config
+from mpipipe.cost_modes import COST_MODES
 from mpipipe.data import build_batcher
 from mpipipe.errors import UsageError
 from mpipipe.models.model import BUILDERS, build_model
 from mpipipe.optim import build_optimizer, learning_rate
 from mpipipe.plan import plan_run
-from mpipipe.schedules import SCHEDULE_FILE_SUFFIX, SCHEDULE_KINDS, build_schedule
+from mpipipe.schedules import SCHEDULE_FILE_SUFFIX, SCHEDULE_KINDS, OpCosts, build_schedule
 from mpipipe.schedules.csv_io import from_csv, to_csv
 from mpipipe.schedules.partition import PARTITION_METHODS
 from mpipipe.tokens import MODEL_KINDS
@@ -222,6 +223,31 @@ RULES = [
         ),
     ),
     Rule(
+        "parallel.costs and --cost are unit, measured or F,B[,W] numbers",
+        configured("parallel.costs=1,x,1"),
+        "--set parallel.costs=1,x,1: parallel.costs: expected 'unit' or 'measured' or F,B or "
+        "F,B,W as finite numbers from 1e-06 to 1e+06 with W < B (such as 1,2 or 1,2,1), got "
+        "'1,x,1'",
+        "as finite numbers from",
+        ("schedules/simulate.py", "parse"),
+        (configured("parallel.costs=1,2,3"), configured("parallel.costs=0,1"),
+         configured("parallel.costs=1,2,2"),
+         configured("parallel.costs=1,2,1,4"), configured("parallel.costs=Unit"),
+         lambda tmp_path: OpCosts.parse("1,-2")),
+        (),
+    ),
+    Rule(
+        "measured costs need a generated schedule, not a file",
+        planned_with_a_file("parallel.costs=measured"),
+        "parallel.costs = 'measured' re-plans a generated schedule's order, but "
+        "parallel.schedule is the file '{tmp_path}/mine.csv', whose order is fixed: set "
+        "parallel.costs = 'unit', or parallel.schedule to a schedule kind",
+        "re-plans a generated schedule's order",
+        ("config/validate.py", "_check_measured_costs"),
+        (configured("parallel.schedule=other.csv", "parallel.costs=measured"),),
+        (),
+    ),
+    Rule(
         "a schedule file has one row per pipeline rank",
         planned_with_a_file(world_size=4),
         "parallel.schedule '{tmp_path}/mine.csv' has 2 rows, one per pipeline rank, but this run "
@@ -306,6 +332,7 @@ def test_choices_are_the_tables_of_the_layers_that_implement_them():
                         if field.name == "schedule")
     assert schedule_key.metadata["file_suffix"] is SCHEDULE_FILE_SUFFIX
     assert choices(ParallelConfig, "partition") is PARTITION_METHODS
+    assert choices(ParallelConfig, "costs") is COST_MODES
     assert choices(ModelConfig, "kind") is MODEL_KINDS
     assert tuple(BUILDERS) == MODEL_KINDS
     assert choices(RuntimeConfig, "device") is DEVICES

@@ -2,13 +2,19 @@
 
     part       where it runs                          what it writes in --out
     emulated   under mpiexec, max(--ranks) ranks      emulated.md, emulated.json
+               (then rank 0 runs the searches of its column, the others asleep)
     cpu        under mpiexec, 2 ranks, 1 core each    cpu.md, cpu.json
     layers     one process                            layers.md, layers.json
     gpu        one process, skipped without a GPU     gpu.md, gpu.json
-    schedules  one process (OR-Tools), not in `all`   schedules.md, schedules.json
-               unless --parts names it: 48 searches of --time-limit seconds
+    schedules  one process                            schedules.md, schedules.json
+               (the schedule table, its searches, and the bubble table)
     all        one process that launches the MPI parts with mpiexec, runs the
                others itself, then joins everything into README.md and bench.json
+
+Searches (OR-Tools; without it the tables leave their columns out) are kept
+in --out/searches.json (search_cache.py): the schedule table finds the ones
+the emulated part ran. With the defaults `all` runs about 115 searches of at
+most --time-limit seconds each.
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 
 from mpipipe.bench import report
+from mpipipe.bench.cost_profiles import EMULATED_PROFILES
 from mpipipe.bench.launcher import Launcher, find_launcher
+from mpipipe.bench.search_cache import DEFAULT_TIME_LIMIT_S, QUICK_TIME_LIMIT_S
 from mpipipe.commands.train import prepare_out_dir
 from mpipipe.errors import EXIT_USAGE, UsageError
 from mpipipe.schedules import SCHEDULE_KINDS
+from mpipipe.schedules.simulate import OpCosts
 
-PARTS = ("emulated", "cpu", "layers", "gpu")
-EXTRA_PARTS = ("schedules",)  # run by `all` only when --parts names them
+PARTS = ("emulated", "cpu", "layers", "gpu", "schedules")
 MPI_PARTS = {"emulated", "cpu"}
 CPU_RANKS = 2
 # The exact command `mpipipe bench all` launched a part with, handed to the part.
@@ -45,11 +53,14 @@ class BenchOptions:
     small_message_f0_ms: list[float] = field(default_factory=lambda: [1.0, 2.0])
     steps: int | None = None  # timed steps; None: each part's default
     mpiexec: str | None = None  # launcher command for `all`; None: see launcher.find_launcher
-    timeout_s: float = 3600.0
+    timeout_s: float = 7200.0
     command: str | None = None  # how the part was started, for the tables; None: from sys.argv
     parts: list[str] = field(default_factory=lambda: list(PARTS))  # what `all` runs
-    time_limit_s: float | None = None  # schedules: per search; None: 120 (quick: 2)
-    workers: int = 2  # schedules: solver threads per search
+    time_limit_s: float | None = None  # per search; None: DEFAULT_TIME_LIMIT_S (quick: 2)
+    workers: int = 2  # solver threads per search
+    search: bool = True  # emulated: the column of the search's best
+    profiles: list[str] = field(default_factory=lambda: list(EMULATED_PROFILES))
+    profile_f0_ms: list[float] = field(default_factory=lambda: [20.0])
 
     def passthrough(self, part: str) -> list[str]:
         """The options `part` uses, as command-line arguments."""
@@ -63,7 +74,14 @@ class BenchOptions:
                 "--f0-ms", ",".join(f"{value:g}" for value in self.f0_ms),
                 "--small-message-f0-ms",
                 ",".join(f"{value:g}" for value in self.small_message_f0_ms),
+                "--profiles", ";".join(self.profiles),
+                "--profile-f0-ms", ",".join(f"{value:g}" for value in self.profile_f0_ms),
+                "--workers", str(self.workers),
             ]
+            if self.time_limit_s is not None:
+                arguments += ["--time-limit", f"{self.time_limit_s:g}"]
+            if not self.search:
+                arguments.append("--no-search")
         if self.steps is not None and part in MPI_PARTS:
             arguments += ["--steps", str(self.steps)]
         if part == "schedules":
@@ -79,10 +97,12 @@ class BenchOptions:
 
 def check_options(options: BenchOptions) -> None:
     for part in options.parts:
-        if part not in PARTS + EXTRA_PARTS:
-            raise UsageError(
-                f"--parts: unknown part {part!r} (choose from {', '.join(PARTS + EXTRA_PARTS)})"
-            )
+        if part not in PARTS:
+            raise UsageError(f"--parts: unknown part {part!r} (choose from {', '.join(PARTS)})")
+    for profile in options.profiles:
+        OpCosts.parse(profile, name="--profiles")
+    if not options.profiles:
+        raise UsageError("--profiles: expected at least one cost profile F,B,W, such as 1,2,1")
     for kind in options.schedules:
         if kind not in SCHEDULE_KINDS:
             raise UsageError(
@@ -90,7 +110,7 @@ def check_options(options: BenchOptions) -> None:
             )
     for name, values in (("--ranks", options.ranks),
                          ("--microbatch-multiples", options.microbatch_multiples),
-                         ("--f0-ms", options.f0_ms)):
+                         ("--f0-ms", options.f0_ms), ("--profile-f0-ms", options.profile_f0_ms)):
         if not values or min(values) <= 0:
             raise UsageError(f"{name}: expected positive numbers separated by commas, got {values}")
     if options.time_limit_s is not None and not options.time_limit_s > 0:
@@ -116,7 +136,9 @@ def emulated_settings(options: BenchOptions):
     settings = EmulatedSettings(
         ranks=options.ranks, microbatch_multiples=options.microbatch_multiples,
         schedules=options.schedules, f0_ms=options.f0_ms,
-        small_message_f0_ms=options.small_message_f0_ms,
+        small_message_f0_ms=options.small_message_f0_ms, profiles=options.profiles,
+        profile_f0_ms=options.profile_f0_ms, search=options.search,
+        search_time_limit_s=time_limit(options), search_workers=options.workers,
     )
     if options.quick:
         settings.d_model, settings.seq_len, settings.steps = 256, 256, 2
@@ -128,7 +150,15 @@ def emulated_settings(options: BenchOptions):
 def run_emulated_part(options: BenchOptions) -> int:
     from mpi4py import MPI
 
-    from mpipipe.bench.emulated import bitpipe_ratios, check_cases, run_emulated
+    from mpipipe.bench.emulated import (
+        add_searches,
+        check_cases,
+        flagship_ratios,
+        run_emulated,
+        search_cache,
+    )
+    from mpipipe.bench.mpi_tools import idle_barrier
+    from mpipipe.bench.search_cache import SKIPPED, available
     from mpipipe.bench.tables import emulated_markdown
     from mpipipe.runtime.failure import abort_on_exception
 
@@ -147,16 +177,25 @@ def run_emulated_part(options: BenchOptions) -> int:
     header = _header(options, comm.Get_size())
     with abort_on_exception(comm):
         results = run_emulated(comm, settings, report=_printer(rank0))
+        cache = search_cache(settings, options.out) if rank0 else None
+        if cache is not None:
+            add_searches(results, cache, report=_printer(rank0))
+        idle_barrier(comm)  # the other ranks sleep while rank 0 searches
     if not rank0:
         return 0
-    ratios = bitpipe_ratios(results)
+    ratios = flagship_ratios(results)
     data = {
         **header,
         "settings": asdict(settings),
         "results": [result.to_json() for result in results],
-        "bitpipe_ratios": [asdict(ratio) for ratio in ratios],
+        "flagship_ratios": [asdict(ratio) for ratio in ratios],
     }
-    markdown = emulated_markdown(results, ratios, settings)
+    note = ""
+    if not settings.search:
+        note = "No search column (--no-search). "
+    elif not available():
+        note = f"No search column: {SKIPPED}. "
+    markdown = emulated_markdown(results, ratios, settings, note)
     _finish("emulated", options.out, markdown, data)
     return 0
 
@@ -262,7 +301,12 @@ def run_gpu_part(options: BenchOptions) -> int:
 
 
 def run_schedules_part(options: BenchOptions) -> int:
-    from mpipipe.bench.schedule_table import ScheduleTableSettings, run_schedule_table
+    from mpipipe.bench.schedule_table import (
+        ScheduleTableSettings,
+        bubble_table,
+        run_schedule_table,
+    )
+    from mpipipe.bench.search_cache import SearchCache, available
     from mpipipe.bench.tables import schedules_markdown
 
     prepare_out_dir(options.out)
@@ -270,17 +314,31 @@ def run_schedules_part(options: BenchOptions) -> int:
         ranks=options.ranks,
         microbatch_multiples=options.microbatch_multiples,
         workers=options.workers,
+        time_limit_s=time_limit(options),
     )
     if options.quick:
         settings.profiles = settings.profiles[:2]
-        settings.time_limit_s = 2.0
-    if options.time_limit_s is not None:
-        settings.time_limit_s = options.time_limit_s
+        settings.bubble_ranks, settings.bubble_multiples = 4, [1, 2]
     header = _header(options, 1)
-    points = run_schedule_table(settings, report=_printer(True))
-    data = {**header, "settings": asdict(settings), "points": [p.to_json() for p in points]}
-    _finish("schedules", options.out, schedules_markdown(points, settings), data)
+    cache = SearchCache(options.out, settings.time_limit_s, settings.workers)
+    if not available():
+        print("mpipipe bench: no search columns: the search needs OR-Tools "
+              "(pip install mpipipe[search])", flush=True)
+    points = run_schedule_table(settings, cache, report=_printer(True))
+    bubbles = bubble_table(settings)
+    data = {**header, "settings": asdict(settings), "points": [p.to_json() for p in points],
+            "bubbles": {kind: {str(n): value for n, value in by_n.items()}
+                        for kind, by_n in bubbles.items()}}
+    markdown = schedules_markdown(points, bubbles, settings, available())
+    _finish("schedules", options.out, markdown, data)
     return 0
+
+
+def time_limit(options: BenchOptions) -> float:
+    """Seconds per search: --time-limit, else DEFAULT_TIME_LIMIT_S (quick: QUICK_TIME_LIMIT_S)."""
+    if options.time_limit_s is not None:
+        return options.time_limit_s
+    return QUICK_TIME_LIMIT_S if options.quick else DEFAULT_TIME_LIMIT_S
 
 
 RUNNERS = {
@@ -345,7 +403,7 @@ def run_all(options: BenchOptions) -> int:
 
 def _join(out_dir: str) -> None:
     sections, combined = ["## Benchmarks", ""], {}
-    for part in PARTS + EXTRA_PARTS:
+    for part in PARTS:
         if not os.path.exists(os.path.join(out_dir, f"{part}.json")):
             continue
         with open(os.path.join(out_dir, f"{part}.json")) as handle:

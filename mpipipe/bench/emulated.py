@@ -1,24 +1,31 @@
 """Emulated-accelerator benchmark: the real engine and real messages, compute emulated.
 
-For every (D, N, schedule, f0, message size) case the first D ranks of the
-job train a few steps of the emulated model (see emulated_model.py); the
-others sleep. The same op costs and a measured one-way message time go into
-the simulator, so `measured / simulated - 1` is the runtime's own overhead:
-what the engine, MPI and the host add to a pipeline that a perfect runtime
-would run in exactly the simulated makespan. Divided by the ops of the
-busiest rank, the same gap is the runtime's cost per op. Every case runs
-with the real model's message size; the short-op cases (small_message_f0_ms)
-also run with small messages, where the cost per op is the runtime's alone
-and not MPI's copy of a large message.
+For every (D, N, schedule, f0, message size, cost profile) case the first D
+ranks of the job train a few steps of the emulated model (see
+emulated_model.py); the others sleep. The same op costs and a measured
+one-way message time go into the simulator, so `measured / simulated - 1`
+is the runtime's own overhead: what the engine, MPI and the host add to a
+pipeline that a perfect runtime would run in exactly the simulated makespan.
+Divided by the ops of the busiest rank, the same gap is the runtime's cost
+per op. Every case runs with the real model's message size; the short-op
+cases (small_message_f0_ms) also run with small messages, where the cost per
+op is the runtime's alone and not MPI's copy of a large message.
+
+A cost profile F,B,W sets every op's cost (I = B − W) and is the run's
+parallel.costs, so each schedule trains its order planned for the profile.
+The first profile runs at every f0; the others at profile_f0_ms. Beside
+each case, the search's best makespan for the schedule's placement at the
+profile (no latency; search_cache.py), where OR-Tools is installed.
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from mpipipe.bench.cost_profiles import EMULATED_PROFILES
 from mpipipe.bench.emulated_device import emulated_accelerator
 from mpipipe.bench.emulated_model import (
     ZeroBatcher,
@@ -27,16 +34,26 @@ from mpipipe.bench.emulated_model import (
     stage_costs,
 )
 from mpipipe.bench.mpi_tools import idle_barrier, one_way_seconds
+from mpipipe.bench.search_cache import (
+    DEFAULT_TIME_LIMIT_S,
+    SearchCache,
+    available,
+    same_model_costs,
+)
 from mpipipe.config.schema import Config
 from mpipipe.plan import plan_run
 from mpipipe.runtime.mpi_helpers import first_ranks
 from mpipipe.schedules import SCHEDULE_KINDS, build_schedule, can_run
 from mpipipe.schedules.ops import OpType
-from mpipipe.schedules.simulate import OpCosts, simulate
+from mpipipe.schedules.search.hint import GENERATOR_OF
+from mpipipe.schedules.simulate import simulate
 from mpipipe.trainer import Trainer
 
-BITPIPE_RIVALS = ("1f1b", "interleaved", "chimera", "zb-v")
+FLAGSHIPS = ("bitpipe-zb", "bitpipe")  # whose throughput over every other schedule is shown
 PAPER_RATIOS = (1.05, 1.28)  # BitPipe's reported speed-up over the best synchronous schedules
+# The placement (and whether backwards are split) whose search each kind is set against;
+# gpipe has 1F1B's placement, dualpipev's mix of whole and split backwards has no search.
+SEARCH_PLACEMENT = {kind: key for key, kind in GENERATOR_OF.items()} | {"gpipe": ("1f1b", False)}
 
 
 @dataclass
@@ -48,6 +65,11 @@ class EmulatedSettings:
     # f0 values whose cases run once more with messages of small_message_bytes
     small_message_f0_ms: list[float] = field(default_factory=lambda: [1.0, 2.0])
     small_message_bytes: int = 64 * 1024
+    profiles: list[str] = field(default_factory=lambda: list(EMULATED_PROFILES))
+    profile_f0_ms: list[float] = field(default_factory=lambda: [20.0])  # profiles after the first
+    search: bool = True  # the column of the search's best (needs OR-Tools)
+    search_time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    search_workers: int = 2
     d_model: int = 1024
     seq_len: int = 1024
     microbatch_size: int = 1
@@ -70,20 +92,23 @@ class EmulatedSettings:
             sizes.append(self.small_message_bytes)
         return sizes
 
-    def cases(self, ranks: int) -> list[tuple[int, str, float, int]]:
-        """(N, schedule, f0 in seconds, message bytes) of every case on `ranks` pipeline ranks
-        that the schedule can run (dualpipev, for one, needs N >= 2D)."""
-        sized = [(f0_ms, self.message_bytes) for f0_ms in self.f0_ms]
+    def cases(self, ranks: int) -> list[tuple[int, str, float, int, str]]:
+        """(N, schedule, f0 in seconds, message bytes, profile) of every case on `ranks`
+        pipeline ranks that the schedule can run (dualpipev, for one, needs N >= 2D)."""
+        first, *others = self.profiles
+        sized = [(first, f0_ms, self.message_bytes) for f0_ms in self.f0_ms]
         if self.small_message_bytes != self.message_bytes:
-            sized += [(f0_ms, self.small_message_bytes) for f0_ms in self.small_message_f0_ms]
+            sized += [(first, f0_ms, self.small_message_bytes)
+                      for f0_ms in self.small_message_f0_ms]
+        sized += [(profile, f0_ms, self.message_bytes)
+                  for profile in others for f0_ms in self.profile_f0_ms]
         return [
-            (multiple * ranks, kind, f0_ms / 1e3, message_bytes)
-            for f0_ms, message_bytes in sized
+            (multiple * ranks, kind, f0_ms / 1e3, message_bytes, profile)
+            for profile, f0_ms, message_bytes in sized
             for multiple in self.microbatch_multiples
             for kind in self.schedules
             if can_run(kind, ranks, multiple * ranks)
         ]
-
 
 
 @dataclass
@@ -105,6 +130,8 @@ class EmulatedResult:
     window_samples_s: list[float]
     message_bytes: int = 0  # of each activation and gradient message
     busiest_ops: int = 0  # F, B, I and W ops of the rank that runs the most of them
+    profile: str = EMULATED_PROFILES[0]  # F,B,W of the op costs and of the planned order
+    search_s: float | None = None  # the search's best for the placement, no latency
 
     @property
     def overhead(self) -> float:
@@ -128,7 +155,10 @@ class EmulatedResult:
         }
 
 
-def bench_config(kind: str, ranks: int, microbatches: int, settings: EmulatedSettings) -> Config:
+def bench_config(
+    kind: str, ranks: int, microbatches: int, settings: EmulatedSettings,
+    profile: str = EMULATED_PROFILES[0],
+) -> Config:
     config = Config()
     config.data.source = "random"
     config.data.microbatch_size = settings.microbatch_size
@@ -136,6 +166,7 @@ def bench_config(kind: str, ranks: int, microbatches: int, settings: EmulatedSet
     config.parallel.schedule = kind
     config.parallel.pipeline = ranks
     config.parallel.microbatches = microbatches
+    config.parallel.costs = profile  # each computed order planned for the costs it runs
     config.runtime.device = "cpu"
     config.runtime.trace = False
     config.runtime.timeout_s = 120.0
@@ -145,19 +176,20 @@ def bench_config(kind: str, ranks: int, microbatches: int, settings: EmulatedSet
 
 def run_case(
     comm, kind: str, microbatches: int, f0_s: float, latency_s: float, settings: EmulatedSettings,
-    message_bytes: int | None = None,
+    message_bytes: int | None = None, profile: str = EMULATED_PROFILES[0],
 ) -> EmulatedResult:
     """Train the emulated model on every rank of `comm` with messages of `message_bytes` (by
-    default the real model's); the result is the same on every rank."""
+    default the real model's) and op costs of `profile`; the result is the same on every
+    rank."""
     ranks = comm.Get_size()
     message_bytes = message_bytes or settings.message_bytes
-    config = bench_config(kind, ranks, microbatches, settings)
+    config = bench_config(kind, ranks, microbatches, settings, profile)
     model = emulated_model(
         settings.channels(message_bytes), settings.seq_len, body_layers=2 * ranks
     )
     batcher = ZeroBatcher(settings.microbatch_size, settings.seq_len)
     plan = plan_run(config, ranks, comm.Get_rank(), model=model, batcher=batcher)
-    costs = stage_costs(f0_s, ranks, plan.schedule.stages)
+    costs = stage_costs(f0_s, ranks, plan.schedule.stages, profile)
     device = emulated_accelerator()
     factory = emulated_stage_factory(
         model, plan.stage_layers, settings.microbatch_size, costs, device
@@ -167,7 +199,7 @@ def run_case(
     trainer.finish()
     timed = rows[settings.warmup_steps :]
     simulation = simulate(
-        plan.schedule, OpCosts(forward=f0_s, backward=2 * f0_s, latency=latency_s),
+        plan.schedule, replace(stage_costs(f0_s, ranks, ranks, profile), latency=latency_s),
         scale_by_stage_size=True,
     )
     asked = simulation.busy
@@ -195,13 +227,14 @@ def run_case(
         busiest_ops=max(
             sum(op.type is not OpType.SYNC for op in rank_ops) for rank_ops in plan.schedule.ops
         ),
+        profile=profile,
     )
 
 
 def check_cases(settings: EmulatedSettings) -> None:
     """Raise UsageError for the first (schedule, D, N) of `settings` that cannot be built."""
     for ranks in settings.ranks:
-        for microbatches, kind, _, _ in settings.cases(ranks):
+        for microbatches, kind, _, _, _ in settings.cases(ranks):
             build_schedule(kind, ranks, microbatches)
 
 
@@ -212,9 +245,10 @@ def run_emulated(comm, settings: EmulatedSettings, report=print) -> list[Emulate
         sub = first_ranks(comm, ranks)
         if sub is not None:
             latencies = {size: one_way_seconds(sub, size) for size in settings.message_sizes()}
-            for microbatches, kind, f0_s, size in settings.cases(ranks):
+            for microbatches, kind, f0_s, size, profile in settings.cases(ranks):
                 result = run_case(
-                    sub, kind, microbatches, f0_s, latencies[size], settings, message_bytes=size
+                    sub, kind, microbatches, f0_s, latencies[size], settings, message_bytes=size,
+                    profile=profile,
                 )
                 if comm.Get_rank() == 0:
                     results.append(result)
@@ -231,41 +265,67 @@ def message_text(nbytes: int) -> str:
 def progress_line(result: EmulatedResult) -> str:
     return (
         f"emulated D={result.ranks} N={result.microbatches} {result.schedule} "
-        f"f0={result.f0_s * 1e3:g} ms {message_text(result.message_bytes)}: step "
-        f"{result.step_s * 1e3:.1f} ms, simulated {result.simulated_s * 1e3:.1f} ms, overhead "
-        f"{100 * result.overhead:+.1f}% ({result.per_op_overhead_s * 1e6:+.0f} us per op)"
+        f"F,B,W={result.profile} f0={result.f0_s * 1e3:g} ms {message_text(result.message_bytes)}: "
+        f"step {result.step_s * 1e3:.1f} ms, simulated {result.simulated_s * 1e3:.1f} ms, "
+        f"overhead {100 * result.overhead:+.1f}% ({result.per_op_overhead_s * 1e6:+.0f} us per op)"
     )
 
 
+def add_searches(results: list[EmulatedResult], cache: SearchCache,
+                 report=print) -> None:
+    """Set each result's search_s: the search's best for its schedule's placement, at its
+    profile on the same model (in f0 units, so times f0), without latency."""
+    for result in results:
+        placement = SEARCH_PLACEMENT.get(result.schedule)
+        if placement is None:
+            continue
+        name, split = placement
+        costs = same_model_costs(result.profile, name, result.ranks)
+        figures = cache.figures(name, result.ranks, result.microbatches, costs, split)
+        result.search_s = figures.best * result.f0_s
+    if results:
+        report(f"emulated: search figures for {len(results)} cases in {cache.path}")
+
+
+def search_cache(settings: EmulatedSettings, out_dir: str) -> SearchCache | None:
+    """The search cache the emulated part reads and fills, or None when it does not search."""
+    if not (settings.search and available()):
+        return None
+    return SearchCache(out_dir, settings.search_time_limit_s, settings.search_workers)
+
+
 @dataclass
-class BitpipeRatio:
+class FlagshipRatio:
+    flagship: str  # bitpipe-zb or bitpipe
+    profile: str
     ranks: int
     microbatches: int
     f0_s: float
     rival: str
-    measured: float  # rival's step time / BitPipe's
+    measured: float  # rival's step time / the flagship's
     simulated: float
 
 
-def bitpipe_ratios(results: list[EmulatedResult]) -> list[BitpipeRatio]:
-    """BitPipe's throughput over each rival at the same D, N and f0, measured and simulated
-    (with the real model's messages, the largest of the run)."""
+def flagship_ratios(results: list[EmulatedResult]) -> list[FlagshipRatio]:
+    """Each flagship's throughput over every other schedule at the same profile, D, N and f0,
+    measured and simulated (with the real model's messages, the largest of the run)."""
     largest = max((r.message_bytes for r in results), default=0)
     by_case = {
-        (r.ranks, r.microbatches, r.f0_s, r.schedule): r
+        (r.profile, r.ranks, r.microbatches, r.f0_s, r.schedule): r
         for r in results
         if r.message_bytes == largest
     }
     ratios = []
-    for (ranks, microbatches, f0_s, kind), bitpipe in by_case.items():
-        if kind != "bitpipe":
-            continue
-        for rival in BITPIPE_RIVALS:
-            other = by_case.get((ranks, microbatches, f0_s, rival))
-            if other is not None:
-                ratios.append(BitpipeRatio(
-                    ranks, microbatches, f0_s, rival,
-                    measured=other.step_s / bitpipe.step_s,
-                    simulated=other.simulated_s / bitpipe.simulated_s,
-                ))
+    for flagship in FLAGSHIPS:
+        for (profile, ranks, microbatches, f0_s, kind), ours in by_case.items():
+            if kind != flagship:
+                continue
+            for rival in SCHEDULE_KINDS:
+                other = by_case.get((profile, ranks, microbatches, f0_s, rival))
+                if rival != flagship and other is not None:
+                    ratios.append(FlagshipRatio(
+                        flagship, profile, ranks, microbatches, f0_s, rival,
+                        measured=other.step_s / ours.step_s,
+                        simulated=other.simulated_s / ours.simulated_s,
+                    ))
     return ratios

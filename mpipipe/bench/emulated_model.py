@@ -9,7 +9,8 @@ next to nothing.
 
 Costs are per op of one stage of the schedule: a stage of a schedule with S
 stages on D ranks holds D/S of a 1F1B stage's layers, so F = f0 * D / S,
-B = 2F and, for split backwards, I = W = B / 2.
+and a cost profile F,B,W gives B and W relative to it (I = B - W; the
+default 1,2,1 is B = 2F, I = W = F).
 """
 
 from __future__ import annotations
@@ -81,10 +82,10 @@ class ZeroBatcher:
         return self.batch
 
 
-def stage_costs(f0: float, ranks: int, stages: int) -> OpCosts:
-    """Seconds per op of one stage when a 1F1B stage's forward takes `f0` (B = 2F, I = W = F)."""
-    forward = f0 * ranks / stages
-    return OpCosts(forward=forward, backward=2 * forward)
+def stage_costs(f0: float, ranks: int, stages: int, profile: str = "1,2,1") -> OpCosts:
+    """Seconds per op of one stage when a 1F1B stage's forward takes `f0` and the profile
+    F,B,W gives the other ops' costs relative to it (I = B - W; 1,2,1: B = 2F, I = W = F)."""
+    return OpCosts.parse(profile).scaled(f0 * ranks / stages)
 
 
 def emulated_stage_factory(

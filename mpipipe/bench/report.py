@@ -46,6 +46,10 @@ def library_versions() -> dict[str, str]:
         import torch
 
         versions["torch"] = torch.__version__
+    if installed("ortools"):
+        import ortools
+
+        versions["ortools"] = ortools.__version__
     return versions
 
 

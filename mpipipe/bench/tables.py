@@ -7,22 +7,26 @@ import statistics
 from mpipipe.bench.cpu_pipeline import PipelineResult, torch_ratios
 from mpipipe.bench.cpu_settings import CpuPipelineSettings
 from mpipipe.bench.emulated import (
-    BITPIPE_RIVALS,
+    FLAGSHIPS,
     PAPER_RATIOS,
-    BitpipeRatio,
     EmulatedResult,
     EmulatedSettings,
+    FlagshipRatio,
     message_text,
 )
 from mpipipe.bench.gpu import FusedResult, GpuModelResult, GpuSettings
 from mpipipe.bench.layers import LayerResult, LayerSettings
 from mpipipe.bench.report import fraction, markdown_table, percent
 from mpipipe.bench.schedule_table import ScheduleTableSettings, TablePoint, fastest_rival
-from mpipipe.schedules import SCHEDULE_KINDS
+from mpipipe.bench.search_cache import SKIPPED, SearchFigures
+from mpipipe.errors import UsageError
+from mpipipe.schedules import SCHEDULE_KINDS, check_constraints
+from mpipipe.schedules.simulate import OpCosts
 
 OVERHEAD_TARGET = 0.05
 TARGET_OP_S = 0.020  # the overhead target applies where ops last this long or longer
 SHORT_F0_S = 0.002  # rows with f0 up to this are summarised by their cost per op
+ZB_V_TARGET = 1.04  # bitpipe-zb over zb-v at D = 8, N = 8, B = 2F
 
 
 def milliseconds(seconds: float) -> str:
@@ -30,7 +34,8 @@ def milliseconds(seconds: float) -> str:
 
 
 def emulated_markdown(
-    results: list[EmulatedResult], ratios: list[BitpipeRatio], settings: EmulatedSettings
+    results: list[EmulatedResult], ratios: list[FlagshipRatio], settings: EmulatedSettings,
+    search_note: str = "",
 ) -> str:
     sizes = " and ".join(message_text(size) for size in settings.message_sizes())
     latencies = sorted({(r.ranks, r.message_bytes, r.latency_s) for r in results})
@@ -39,6 +44,12 @@ def emulated_markdown(
         for ranks, size, latency in latencies
     )
     small = ", ".join(f"{f0:g}" for f0 in settings.small_message_f0_ms)
+    first, *others = settings.profiles
+    profile_text = (
+        f"F,B,W = {first} at every f0"
+        + (f", {' and '.join(others)} at f0 = "
+           f"{', '.join(f'{f0:g}' for f0 in settings.profile_f0_ms)} ms" if others else "")
+    )
     lines = [
         "### Emulated accelerator: runtime overhead against the simulator",
         "",
@@ -50,35 +61,46 @@ def emulated_markdown(
         f"{settings.seq_len}, micro-batch {settings.microbatch_size}, float32)"
         + (f", and of {message_text(settings.small_message_bytes)} at f0 = {small} ms"
            if len(settings.message_sizes()) > 1 else "")
-        + ". Costs per op of one stage: F = f0·D/S, B = 2F, "
-        "I = W = F, so every schedule runs the same model. The model's parameters are one "
-        "number per layer, so gradient syncs and the optimizer cost next to nothing. The "
-        "simulator gets the same costs and the measured one-way message time (the fastest of "
-        f"20 round trips, halved: {latency_text}). "
+        + ". Costs per op of one stage: F = f0·D/S, and a profile F,B,W gives B and W "
+        f"relative to F (I = B − W): {profile_text}. So every schedule runs the same model, "
+        "and each trains its order planned for the profile (parallel.costs = the profile). "
+        "The model's parameters are one number per layer, so gradient syncs and the "
+        "optimizer cost next to nothing. The simulator gets the same costs and the measured "
+        f"one-way message time (the fastest of 20 round trips, halved: {latency_text}). "
         f"Step: median of {settings.steps} trainer steps after {settings.warmup_steps} warm-up "
         "(forward-backward, syncs, optimizer, statistics); window: first op start to last op "
         "end over ranks. Overhead = step / simulated − 1; per op = (step − simulated) / the "
         "F, B, I and W ops of the busiest rank, the runtime's cost per op. Bubble: mean over "
-        "ranks of idle / window (measured) and idle / makespan (simulated). "
-        f"Messages: {sizes}.",
+        "ranks of idle / window (measured) and idle / makespan (simulated). Search: the best "
+        "makespan `mpipipe schedule search` finds for the schedule's placement (with the "
+        "backward split where the schedule splits it; gpipe on 1F1B's; none for dualpipev) at "
+        f"the profile, its own kind's peak memory, no message latency, "
+        f"{settings.search_time_limit_s:g} s and {settings.search_workers} solver threads. "
+        f"{search_note}Messages: {sizes}.",
         "",
     ]
-    headers = ["D", "N", "schedule", "S", "message", "F op (ms)", "step (ms)", "window (ms)",
-               "simulated (ms)", "overhead", "per op (µs)", "bubble", "simulated bubble"]
+    headers = ["D", "N", "schedule", "S", "F,B,W", "message", "F op (ms)", "step (ms)",
+               "window (ms)", "simulated (ms)", "search (ms)", "overhead", "per op (µs)",
+               "bubble", "simulated bubble"]
+    order = {profile: place for place, profile in enumerate(settings.profiles)}
     rows = [
-        [str(r.ranks), str(r.microbatches), r.schedule, str(r.stages),
+        [str(r.ranks), str(r.microbatches), r.schedule, str(r.stages), r.profile,
          message_text(r.message_bytes), milliseconds(r.f0_s * r.ranks / r.stages),
          milliseconds(r.step_s), milliseconds(r.window_s), milliseconds(r.simulated_s),
+         "–" if r.search_s is None else milliseconds(r.search_s),
          percent(r.overhead), f"{r.per_op_overhead_s * 1e6:+.0f}",
          fraction(r.bubble), fraction(r.simulated_bubble)]
-        for r in sorted(results, key=lambda r: (-r.message_bytes, r.f0_s, r.ranks, r.microbatches))
+        for r in sorted(results, key=lambda r: (-r.message_bytes, order.get(r.profile, 0),
+                                                r.f0_s, r.ranks, r.microbatches))
     ]
     lines += [markdown_table(headers, rows), "", overhead_summary(results), ""]
     short = per_op_summary(results)
     if short:
         lines += [short, ""]
-    if ratios:
-        lines += [bitpipe_markdown(ratios), ""]
+    for flagship in FLAGSHIPS:
+        theirs = [ratio for ratio in ratios if ratio.flagship == flagship]
+        if theirs:
+            lines += [flagship_markdown(flagship, theirs, settings.profiles), ""]
     return "\n".join(lines)
 
 
@@ -116,36 +138,64 @@ def per_op_summary(results: list[EmulatedResult]) -> str:
             + ".")
 
 
-def bitpipe_markdown(ratios: list[BitpipeRatio]) -> str:
+def flagship_markdown(flagship: str, ratios: list[FlagshipRatio], profiles: list[str]) -> str:
     low, high = PAPER_RATIOS
-    cells: dict[tuple, dict[str, BitpipeRatio]] = {}
+    cells: dict[tuple, dict[str, FlagshipRatio]] = {}
+    order = {profile: place for place, profile in enumerate(profiles)}
     for ratio in ratios:
-        cells.setdefault((ratio.f0_s, ratio.ranks, ratio.microbatches), {})[ratio.rival] = ratio
-    rivals = [rival for rival in BITPIPE_RIVALS if any(rival in row for row in cells.values())]
+        key = (order.get(ratio.profile, 0), ratio.profile, ratio.f0_s, ratio.ranks,
+               ratio.microbatches)
+        cells.setdefault(key, {})[ratio.rival] = ratio
+    rivals = [rival for rival in SCHEDULE_KINDS if any(rival in row for row in cells.values())]
     rows = [
-        [milliseconds(f0_s), str(ranks), str(microbatches)]
+        [profile, milliseconds(f0_s), str(ranks), str(microbatches)]
         + [ratio_cell(row.get(rival)) for rival in rivals]
-        for (f0_s, ranks, microbatches), row in sorted(cells.items())
+        for (_, profile, f0_s, ranks, microbatches), row in sorted(cells.items())
     ]
-    below = [ratio for ratio in ratios if ratio.measured < low]
-    schedule_bound = [ratio for ratio in below if ratio.simulated < low]
+    name = "BitPipe" if flagship == "bitpipe" else flagship
     lines = [
-        "### BitPipe's throughput over other schedules (emulated, B = 2F)",
+        f"### {name}'s throughput over every other schedule (emulated)",
         "",
-        "Rival's step time / BitPipe's at the same D, N and f0, measured (simulated in "
-        f"brackets). The BitPipe paper reports {low:.2f}x–{high:.2f}x over the best synchronous "
-        "schedules.",
+        f"Rival's step time / {name}'s at the same cost profile, D, N and f0, measured "
+        f"(simulated in brackets); above 1, {name} is faster. The BitPipe paper reports "
+        f"{low:.2f}x–{high:.2f}x over the best synchronous schedules.",
         "",
-        markdown_table(["f0 (ms)", "D", "N"] + [f"vs {rival}" for rival in rivals], rows),
+        markdown_table(["F,B,W", "f0 (ms)", "D", "N"] + [f"vs {rival}" for rival in rivals],
+                       rows),
         "",
-        f"{len(below)} of {len(ratios)} ratios are below {low:.2f}x; in {len(schedule_bound)} of "
-        "those the simulator, with no runtime at all, puts them below too, so the schedule "
-        "itself (not the runtime) sets them.",
+        flagship_summary(flagship, ratios),
     ]
     return "\n".join(lines)
 
 
-def ratio_cell(ratio: BitpipeRatio | None) -> str:
+def flagship_summary(flagship: str, ratios: list[FlagshipRatio]) -> str:
+    if flagship == "bitpipe":
+        low = PAPER_RATIOS[0]
+        below = [ratio for ratio in ratios if ratio.measured < low]
+        schedule_bound = [ratio for ratio in below if ratio.simulated < low]
+        return (
+            f"{len(below)} of {len(ratios)} ratios are below {low:.2f}x; in "
+            f"{len(schedule_bound)} of those the simulator, with no runtime at all, puts them "
+            "below too, so the schedule itself (not the runtime) sets them."
+        )
+    slower = [ratio for ratio in ratios if ratio.measured < 1.0]
+    schedule_bound = [ratio for ratio in slower if ratio.simulated < 1.0]
+    target = [ratio for ratio in ratios if ratio.rival == "zb-v" and ratio.ranks == 8
+              and ratio.microbatches == 8 and ratio.profile == "1,2,1"]
+    target_text = "".join(
+        f" Against zb-v at D = 8, N = 8, F,B,W = 1,2,1, f0 = {ratio.f0_s * 1e3:g} ms: "
+        f"{ratio.measured:.2f}x measured ({ratio.simulated:.2f}x simulated; the target is "
+        f"{ZB_V_TARGET:.2f}x)."
+        for ratio in target
+    )
+    return (
+        f"{flagship} is at least as fast as the rival in {len(ratios) - len(slower)} of "
+        f"{len(ratios)} measured ratios; of the {len(slower)} below 1, the simulator puts "
+        f"{len(schedule_bound)} below 1 too.{target_text}"
+    )
+
+
+def ratio_cell(ratio: FlagshipRatio | None) -> str:
     if ratio is None:
         return "–"
     return f"{ratio.measured:.2f} ({ratio.simulated:.2f})"
@@ -240,54 +290,69 @@ def gpu_markdown(skip_reason: str | None, device: str, settings: GpuSettings,
     return "\n".join(lines)
 
 
-def schedules_markdown(points: list[TablePoint], settings: ScheduleTableSettings) -> str:
+def schedules_markdown(
+    points: list[TablePoint], bubbles: dict[str, dict[int, float]],
+    settings: ScheduleTableSettings, searched: bool,
+) -> str:
     kinds = [kind for kind in SCHEDULE_KINDS if any(kind in point.makespans for point in points)]
+    search_text = (
+        "Search: `mpipipe schedule search --placement bitpipe` with (`--split`, for bitpipe-zb) "
+        f"and without (for bitpipe) the split, {settings.time_limit_s:g} s and "
+        f"{settings.workers} solver threads each, at most D micro-batches of L/D layers per "
+        "rank: its best order and the proven lower bound on any order's makespan (= best where "
+        "proven optimal). zb/best: bitpipe-zb's makespan over the split search's best; bp/best "
+        "the same for bitpipe."
+        if searched else f"No search columns: {SKIPPED}."
+    )
     lines = [
         "### Every schedule against the search's best order (simulated)",
         "",
         "Makespan of one step in units of one 1F1B stage's forward, every schedule planned "
         "for the costs it is simulated with, on the same model (costs per op scaled by D/S), "
-        "no message latency. Search: `mpipipe schedule search --placement bitpipe` with "
-        f"(`--split`, for bitpipe-zb) and without (for bitpipe) the split, "
-        f"{settings.time_limit_s:g} s and {settings.workers} solver threads each, at most D "
-        "micro-batches of L/D layers per rank: its best order and the proven lower bound on "
-        "any order's makespan (= best where proven optimal). zb/best: bitpipe-zb's makespan "
-        "over the split search's best; bp/best the same for bitpipe.",
+        f"no message latency. {search_text}",
         "",
     ]
     headers = ["D", "N", "F,B,W", *kinds, "split best", "split bound", "zb/best",
                "whole best", "whole bound", "bp/best"]
     rows = []
     for point in points:
-        flagship = point.makespans["bitpipe-zb"]
         rows.append([
             str(point.ranks), str(point.microbatches), point.profile,
             *(f"{point.makespans[kind]:g}" if kind in point.makespans else "—" for kind in kinds),
-            f"{point.split.best:g}", f"{point.split.bound:g}",
-            f"{flagship / point.split.best:.3f}",
-            f"{point.whole.best:g}", f"{point.whole.bound:g}",
-            f"{point.makespans['bitpipe'] / point.whole.best:.3f}",
+            *search_cells(point.makespans["bitpipe-zb"], point.split),
+            *search_cells(point.makespans["bitpipe"], point.whole),
         ])
     lines.append(markdown_table(headers, rows))
     lines.append("")
     lines.append(schedules_summary(points))
+    lines += ["", bubble_markdown(bubbles, settings)]
     return "\n".join(lines)
+
+
+def search_cells(makespan: float, figures: SearchFigures | None) -> list[str]:
+    if figures is None:
+        return ["—", "—", "—"]
+    return [f"{figures.best:g}", f"{figures.bound:g}", f"{makespan / figures.best:.3f}"]
 
 
 def schedules_summary(points: list[TablePoint]) -> str:
     beaten = [point for point in points
               if point.makespans["bitpipe-zb"] > fastest_rival(point)[1]]
-    missed = [point for point in points
+    summary = (f"bitpipe-zb is the fastest schedule at {len(points) - len(beaten)} of "
+               f"{len(points)} points")
+    searched = [point for point in points if point.split is not None]
+    if not searched:
+        return summary + "."
+    missed = [point for point in searched
               if point.makespans["bitpipe-zb"] > 1.03 * point.split.best]
-    long_plain = [point for point in points if point.microbatches > point.ranks]
+    long_plain = [point for point in searched if point.microbatches > point.ranks]
     plain_missed = [point for point in long_plain
                     if point.makespans["bitpipe"] > 1.03 * point.whole.best]
-    worst_gap = max(points, key=lambda point: point.split.gap)
-    worst_whole = max(points, key=lambda point: point.whole.gap)
+    worst_gap = max(searched, key=lambda point: point.split.gap)
+    worst_whole = max(searched, key=lambda point: point.whole.gap)
     return (
-        f"bitpipe-zb is the fastest schedule at {len(points) - len(beaten)} of {len(points)} "
-        f"points and within 3% of the split search's best at {len(points) - len(missed)}; "
-        f"plain bitpipe is within 3% of its own search's best at "
+        f"{summary} and within 3% of the split search's best at "
+        f"{len(searched) - len(missed)}; plain bitpipe is within 3% of its own search's best at "
         f"{len(long_plain) - len(plain_missed)} of the {len(long_plain)} points with N > D. "
         f"Largest gap between the split search's best and its bound: "
         f"{fraction(worst_gap.split.gap)} (D={worst_gap.ranks}, N={worst_gap.microbatches}, "
@@ -295,3 +360,50 @@ def schedules_summary(points: list[TablePoint]) -> str:
         f"{fraction(worst_whole.whole.gap)} (D={worst_whole.ranks}, "
         f"N={worst_whole.microbatches}, F,B,W={worst_whole.profile})."
     )
+
+
+# What DESIGN.md's baseline formulas give where they exist (F = B unless said).
+BUBBLE_FORMULAS = {
+    "gpipe": "(D−1)/(N+D−1)",
+    "1f1b": "(D−1)/(N+D−1)",
+    "interleaved": "(D−1)/(vN+D−1)",
+    "chimera": "(D−2)/(2N+D−2)",
+    "bitpipe": "(D−2)/(4N+D−2) for the reference order; (D−2)/(3N+D−2) at N = D, B = 2F",
+    "zb-h1": "—",
+    "zb-v": "≈ 0 when F = I = W",
+    "bitpipe-zb": "—",
+    "dualpipev": "(D−1)/(6N+D−1) when F = I = W",
+}
+
+
+def bubble_markdown(bubbles: dict[str, dict[int, float]], settings: ScheduleTableSettings) -> str:
+    ranks = settings.bubble_ranks
+    costs = OpCosts.parse(settings.bubble_costs)
+    columns = sorted({n for by_n in bubbles.values() for n in by_n})
+    multiples = " ".join(str(n) for n in columns)
+    rows = []
+    for kind, by_n in bubbles.items():
+        cells = [f"{by_n[n]:.3f}" if n in by_n else _cannot_run(kind, ranks, n)
+                 for n in columns]
+        name = f"{kind} (v = 2)" if kind == "interleaved" else kind
+        rows.append([name, *cells, BUBBLE_FORMULAS.get(kind, "—")])
+    return "\n".join([
+        "### Every schedule's bubble (simulated)",
+        "",
+        f"Simulated bubble (idle / makespan, mean over ranks), D = {ranks}, "
+        f"F = {costs.forward:g}, B = {costs.backward:g} (I = {costs.backward_input:g}, "
+        f"W = {costs.backward_weight:g}), every schedule on the same model (`--same-model`), "
+        f"the computed orders planned for these costs: `mpipipe schedule all -D {ranks} -N "
+        f"{multiples} --cost {settings.bubble_costs} --same-model`.",
+        "",
+        markdown_table(["schedule", *(f"N = {n}" for n in columns), "formula (F = B)"], rows),
+    ])
+
+
+def _cannot_run(kind: str, ranks: int, microbatches: int) -> str:
+    try:
+        check_constraints(kind, ranks, microbatches)
+    except UsageError as error:
+        reason = str(error).split(": ", 1)[-1].split(" (")[0].removeprefix(f"{kind} ")
+        return f"— ({reason})"
+    return "—"

@@ -6,6 +6,7 @@
     contents.py    which rank writes each parameter; a parameter's optimizer state
     save.py        parallel HDF5 writer and the rank-0 fallback; crash-safe publishing
     load.py        --resume resolution and checked, resharding loading
+    plan_record.py the costs and cap the schedule's order was planned for (resume re-plans)
     folder.py      the run's checkpoint folder: latest, partial files, pruning
     report.py      `mpipipe ckpt inspect` and `verify`
 

@@ -11,6 +11,8 @@
     schedule                 kind, pipeline ranks, micro-batches, data-parallel replicas
     schedule_source          parallel.schedule: a generator, or a schedule file's path
     schedule_digest          the ops' digest (Schedule.digest); see schedule_identity.py
+    schedule_costs, schedule_memory_cap, schedule_costs_measured
+                             the costs and cap the order was planned for (plan_record.py)
     stage_layers             (stages, 2) array: each stage's [first, last + 1) layer
     dtype, model, parameters float type, model kind, logical parameter count
 
@@ -25,6 +27,7 @@ import numpy as np
 
 from mpipipe import __version__
 from mpipipe.checkpoint.layout import FORMAT_NAME, FORMAT_VERSION
+from mpipipe.checkpoint.plan_record import plan_attributes
 from mpipipe.checkpoint.schedule_identity import schedule_attributes
 from mpipipe.config.schema import Config
 from mpipipe.config.show import format_config, toml_value
@@ -79,6 +82,7 @@ def root_attributes(plan: RunPlan, step: int, dtype) -> dict[str, object]:
         "config": format_config(config),
         "schedule": schedule_summary(plan),
         **schedule_attributes(plan),
+        **plan_attributes(plan.schedule),
         "stage_layers": np.asarray(spans, dtype=np.int64).reshape(-1, 2),
         "dtype": np.dtype(dtype).name,
         "model": plan.model.kind,

@@ -4,6 +4,7 @@
     mpipipe bench all --quick --out /tmp/bench     # the same, small and fast
     mpiexec -n 8 python -m mpipipe bench emulated  # one part (emulated, cpu, layers, gpu)
     mpipipe bench schedules --time-limit 120       # every schedule against CP-SAT (2 hours)
+    mpipipe bench all --profiles "1,2,1;1,2,0.5"   # the emulated part at two cost profiles
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
+from mpipipe.bench.cost_profiles import EMULATED_PROFILES
+from mpipipe.bench.search_cache import DEFAULT_TIME_LIMIT_S, QUICK_TIME_LIMIT_S
 from mpipipe.errors import EXIT_USAGE, UsageError
 
 PART_CHOICES = ("all", "emulated", "cpu", "layers", "gpu", "schedules")
@@ -45,17 +48,28 @@ def register(subparsers) -> None:
                         "messages (default 1,2; quick: none; '' for none)")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per case (default: each part's own)")
+    parser.add_argument("--profiles", default=None, metavar="LIST",
+                        help="emulated: cost profiles F,B,W separated by ';' (default "
+                        f"{';'.join(EMULATED_PROFILES)}; quick: 1,2,1;1,2,0.5); the first runs "
+                        "at every --f0-ms, the others at --profile-f0-ms")
+    parser.add_argument("--profile-f0-ms", default=None, metavar="LIST",
+                        help="emulated: f0 values in ms of the profiles after the first "
+                        "(default 20; quick: 5)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
-                        help="schedules: seconds per search (default 120; quick: 2)")
+                        help="emulated, schedules: seconds per search (default "
+                        f"{DEFAULT_TIME_LIMIT_S:g}; quick: {QUICK_TIME_LIMIT_S:g}); each search "
+                        "is kept in --out/searches.json and not run again there")
     parser.add_argument("--workers", type=int, default=2,
-                        help="schedules: solver threads per search (default 2)")
+                        help="emulated, schedules: solver threads per search (default 2)")
+    parser.add_argument("--no-search", action="store_true",
+                        help="emulated: leave out the column of the search's best")
     parser.add_argument("--parts", default=None, metavar="LIST",
-                        help="all: the parts to run (default emulated,cpu,layers,gpu; "
-                        "schedules only when named); README.md joins every part found in --out")
+                        help="all: the parts to run (default emulated,cpu,layers,gpu,schedules); "
+                        "README.md joins every part found in --out")
     parser.add_argument("--mpiexec", default=None, metavar="COMMAND",
                         help="all: launcher command for the MPI parts, used as given (default: "
                         "$MPIEXEC or mpiexec from PATH, with --oversubscribe under Open MPI)")
-    parser.add_argument("--timeout", type=float, default=3600.0,
+    parser.add_argument("--timeout", type=float, default=7200.0,
                         help="all: seconds each launched part may take")
     parser.set_defaults(func=run)
 
@@ -71,6 +85,13 @@ def parse_list(text: str | None, name: str, convert, default: list) -> list:
         ) from None
 
 
+def profiles(text: str | None, default: list[str]) -> list[str]:
+    """--profiles "1,2,1;1,2,0.5" as a list (each checked with the other options)."""
+    if text is None:
+        return default
+    return [item.strip() for item in text.split(";") if item.strip()]
+
+
 def options_from(args):
     from mpipipe.bench.driver import COMMAND_VARIABLE, PARTS, BenchOptions, check_options
 
@@ -80,7 +101,8 @@ def options_from(args):
         out=args.out,
         quick=quick,
         schedules=parse_list(args.schedules, "--schedules", str.strip,
-                             ["1f1b", "bitpipe"] if quick else defaults.schedules),
+                             ["1f1b", "bitpipe", "bitpipe-zb"] if quick
+                             else defaults.schedules),
         ranks=parse_list(args.ranks, "--ranks", int, [4] if quick else defaults.ranks),
         microbatch_multiples=parse_list(args.microbatch_multiples, "--microbatch-multiples", int,
                                         [1] if quick else defaults.microbatch_multiples),
@@ -94,6 +116,10 @@ def options_from(args):
         parts=parse_list(args.parts, "--parts", str.strip, list(PARTS)),
         time_limit_s=args.time_limit,
         workers=args.workers,
+        search=not args.no_search,
+        profiles=profiles(args.profiles, ["1,2,1", "1,2,0.5"] if quick else defaults.profiles),
+        profile_f0_ms=parse_list(args.profile_f0_ms, "--profile-f0-ms", float,
+                                 [5.0] if quick else defaults.profile_f0_ms),
     )
     check_options(options)
     return options

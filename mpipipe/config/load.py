@@ -3,9 +3,11 @@
 Every key is checked as it is applied: the section and key exist, the value
 has the key's type (an int is accepted for a float; bools are not ints;
 strings are not numbers), it is one of the key's choices and within its
-bounds. A key that also takes a file (parallel.schedule's .csv) stores its
-path made absolute: relative to the config file's folder when the file gives
-it, to the current folder when --set does. A problem raises `UsageError`
+bounds; op-cost ratios, which parallel.costs takes besides its choices, are
+read by OpCosts.parse, which says what is wrong with them. A key that also
+takes a file (parallel.schedule's .csv) stores its path made absolute:
+relative to the config file's folder when the file gives it, to the current
+folder when --set does. A problem raises `UsageError`
 with one line naming where it came from (the file or the --set argument),
 the key, the value and what would be right.
 Cross-key constraints are `mpipipe.config.validate`'s job.
@@ -24,6 +26,7 @@ from mpipipe.config.schema import SECTIONS, Config
 from mpipipe.config.show import toml_value
 from mpipipe.errors import UsageError, did_you_mean
 from mpipipe.paths import read_text
+from mpipipe.schedules.simulate import OpCosts
 
 try:
     import tomllib
@@ -128,7 +131,10 @@ def _apply_value(config: Config, section: str, key: str, value, origin: str, fol
                            key_field.default)
     if problem:
         raise UsageError(f"{origin}: {problem}")
-    if _names_a_file(value, key_fields[key].metadata):
+    metadata = key_field.metadata
+    if _names_cost_ratios(value, metadata):
+        OpCosts.parse(value, name=f"{origin}: {section}.{key}", alternatives=metadata["choices"])
+    if _names_a_file(value, metadata):
         value = os.path.normpath(os.path.join(folder, value))
     setattr(getattr(config, section), key, float(value) if expected is float else value)
 
@@ -162,7 +168,8 @@ def _check_value(name: str, value, expected: type, metadata, default) -> str | N
     if isinstance(value, float) and not math.isfinite(value):
         return f"{name} = {_show(value)} is not a finite number; give a finite value"
     choices = metadata.get("choices")
-    if choices and value not in choices and not _names_a_file(value, metadata):
+    if (choices and value not in choices and not _names_a_file(value, metadata)
+            and not _names_cost_ratios(value, metadata)):
         suffix = metadata.get("file_suffix")
         files = f", nor a file name ending in {suffix}" if suffix else ""
         return (f"{name} = {_show(value)} is not one of {', '.join(choices)}{files}"
@@ -191,6 +198,16 @@ def _names_a_file(value, metadata) -> bool:
         and isinstance(value, str)
         and value not in (metadata.get("choices") or ())
         and value.lower().endswith(suffix)
+    )
+
+
+def _names_cost_ratios(value, metadata) -> bool:
+    """The value is op-cost ratios the key takes besides its choices (`option(cost_ratios=...)`),
+    to be read by OpCosts.parse."""
+    return (
+        bool(metadata.get("cost_ratios"))
+        and isinstance(value, str)
+        and value not in (metadata.get("choices") or ())
     )
 
 

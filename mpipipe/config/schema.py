@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mpipipe.backend import DEVICES, DTYPES
+from mpipipe.cost_modes import COST_MODES
 from mpipipe.recompute_policy import RECOMPUTE_POLICIES
 from mpipipe.schedules import SCHEDULE_FILE_SUFFIX, SCHEDULE_KINDS
 from mpipipe.schedules.partition import PARTITION_METHODS
@@ -27,15 +28,19 @@ def option(
     file_suffix: str | None = None,
     above=None,
     below=None,
+    cost_ratios: bool = False,
 ):
     """A config key: default, one-line help, and the allowed values.
 
     minimum and maximum are inclusive bounds, above and below exclusive ones.
     `file_suffix`: besides its choices the key takes the path of a file whose name ends
     so; a relative path in a config file is relative to that file's folder.
+    `cost_ratios`: besides its choices the key takes op-cost ratios F,B or F,B,W
+    (read, and refused in one line, by OpCosts.parse).
     """
     metadata = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum,
-                "file_suffix": file_suffix, "above": above, "below": below}
+                "file_suffix": file_suffix, "above": above, "below": below,
+                "cost_ratios": cost_ratios}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -132,6 +137,18 @@ class ParallelConfig:
     chunks: int = option(2, "interleaved: model chunks per rank", minimum=1)
     partition: str = option("uniform", "layers to stages: equal blocks, or balanced by cost",
                             PARTITION_METHODS)
+    costs: str = option(
+        "unit", "the op costs zb-h1, zb-v, bitpipe-zb and bitpipe (N > D) order their ops for: "
+        "unit: each kind's reference order; F,B or F,B,W: planned for these ratios (I = B - W), "
+        "the same on every stage; measured: planned from every stage's op times measured in "
+        "the first parallel.plan_after steps (a schedule file keeps its own order; measured "
+        "needs a schedule kind)",
+        COST_MODES, cost_ratios=True,
+    )
+    plan_after: int = option(
+        3, "parallel.costs = 'measured': steps timed with the unit order before re-planning",
+        minimum=1,
+    )
 
 
 @dataclass

@@ -66,6 +66,8 @@ def _comment(key_field) -> str:
     metadata = key_field.metadata
     comment = metadata["help"]
     choices = list(metadata.get("choices") or ())
+    if metadata.get("cost_ratios"):
+        choices.append("F,B,W")
     if metadata.get("file_suffix"):
         choices.append(f"FILE{metadata['file_suffix']}")
     if choices:

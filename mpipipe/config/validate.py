@@ -10,6 +10,7 @@ by the same rule (`check_vocabulary_fits`).
 from __future__ import annotations
 
 from mpipipe.config.schema import Config, ModelConfig
+from mpipipe.cost_modes import MEASURED
 from mpipipe.errors import UsageError
 from mpipipe.schedules import SCHEDULE_KINDS, check_constraints
 from mpipipe.tokens import BYTE_VOCAB_SIZE, special_tokens
@@ -21,6 +22,7 @@ def validate_config(config: Config, world_size: int | None = None) -> None:
     """Raise UsageError for the first cross-key problem; `world_size`: MPI ranks of the job."""
     _check_heads(config)
     _check_vocabulary(config)
+    _check_measured_costs(config)
     parallel = config.parallel
     pipeline = parallel.pipeline
     if pipeline == 0 and world_size is not None:
@@ -54,6 +56,18 @@ def _check_heads(config: Config) -> None:
     raise UsageError(
         f"model.d_model = {d_model} is not a multiple of model.n_head = {n_head}: use "
         f"model.d_model = {multiples}, or a model.n_head that divides {d_model}"
+    )
+
+
+def _check_measured_costs(config: Config) -> None:
+    """Measured costs re-plan a generated order; a schedule file's order is the file's."""
+    parallel = config.parallel
+    if parallel.costs != MEASURED or parallel.schedule in SCHEDULE_KINDS:
+        return
+    raise UsageError(
+        f"parallel.costs = 'measured' re-plans a generated schedule's order, but "
+        f"parallel.schedule is the file {parallel.schedule!r}, whose order is fixed: set "
+        "parallel.costs = 'unit', or parallel.schedule to a schedule kind"
     )
 
 

@@ -20,7 +20,7 @@ from mpipipe.schedules.interleaved import interleaved_schedule
 from mpipipe.schedules.lowering import LoweredOp, Transfer, lower, max_tag, message_tag
 from mpipipe.schedules.one_f_one_b import one_f_one_b_schedule
 from mpipipe.schedules.partition import partition_layers
-from mpipipe.schedules.planner import PLANNERS
+from mpipipe.schedules.planner import PLANNERS, order_depends_on_costs
 from mpipipe.schedules.schedule import MAX_OPS, Placement, Schedule
 from mpipipe.schedules.schedule_file import SCHEDULE_FILE_SUFFIX, read_schedule_file
 from mpipipe.schedules.simulate import OpCosts, Simulation, simulate
@@ -45,6 +45,7 @@ __all__ = [
     "lower",
     "max_tag",
     "message_tag",
+    "order_depends_on_costs",
     "partition_layers",
     "plan",
     "read_schedule_file",

@@ -33,6 +33,12 @@ def _with_reference(
     return planner
 
 
+def order_depends_on_costs(kind: str, ranks: int, microbatches: int) -> bool:
+    """Whether `kind`'s order at D = ranks, N = microbatches is computed for the costs: the
+    planned kinds, except bitpipe for N <= D (one unit, its closed-form order)."""
+    return kind in PLANNERS and not (kind == "bitpipe" and microbatches <= ranks)
+
+
 PLANNERS: dict[str, Planner] = {
     "bitpipe": _with_reference("bitpipe", "bitpipe", False, bitpipe_schedule),
     "zb-h1": _with_reference("zb-h1", "1f1b", True, zb_h1_schedule),

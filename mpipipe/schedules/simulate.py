@@ -60,14 +60,18 @@ class OpCosts:
         object.__setattr__(self, "per_stage", tuple(tuple(costs) for costs in self.per_stage))
 
     @classmethod
-    def parse(cls, text: str, latency: float = 0.0) -> OpCosts:
-        """Read `--cost F,B` (I = W = B/2) or `--cost F,B,W` (I = B - W).
+    def parse(
+        cls, text: str, latency: float = 0.0, name: str = "--cost", alternatives: tuple = ()
+    ) -> OpCosts:
+        """Read `--cost F,B` (I = W = B/2) or `--cost F,B,W` (I = B - W); a mistake is one
+        line naming `name` and, before the numbers, the other values it takes.
 
         The simulator has no time unit, so every cost lies in [COST_MIN, COST_MAX]: a
         zero-length op has no place in the grid, and wider ranges lose float precision.
         """
+        others = "".join(f"{alternative!r} or " for alternative in alternatives)
         usage = (
-            f"--cost: expected F,B or F,B,W as finite numbers from {COST_MIN:g} to "
+            f"{name}: expected {others}F,B or F,B,W as finite numbers from {COST_MIN:g} to "
             f"{COST_MAX:g} with W < B (such as 1,2 or 1,2,1), got {text!r}"
         )
         try:

@@ -2,10 +2,10 @@
 
 A CSV exported from a generator runs the generator's ops in the same order,
 so its losses and final parameters are bitwise those of the built-in
-schedule; a hand-edited file and PyTorch's files run other orders and equal
-one process to 1e-10 in float64. A resume refuses a schedule file that, by
-name, now holds other ops, and the ranks refuse to start on different
-schedules. The layout follows the world size (2, 4 or 8 ranks).
+schedule; a hand-edited file, PyTorch's files and an order the search found
+run other orders and equal one process to 1e-10 in float64. A resume
+refuses a schedule file that, by name, now holds other ops, and the ranks
+refuse to start on different schedules. The layout follows the world size (2, 4 or 8 ranks).
 """
 
 import shutil
@@ -29,6 +29,7 @@ from tiny_runs import FLOAT64, pipelined_run, reference_run, relative_difference
 STEPS = 3
 TOLERANCE = 1e-10
 TORCH_FIXTURES = Path(__file__).parent.parent / "fixtures" / "torch_schedules"
+SEARCHED_FIXTURES = Path(__file__).parent.parent / "fixtures" / "searched_schedules"
 # (pipeline, data parallel) per world size: the largest that fits is used.
 LAYOUTS = {2: (2, 1), 4: (4, 1), 8: (4, 2)}
 
@@ -133,6 +134,24 @@ def test_a_hand_edited_or_pytorch_schedule_equals_one_process(name, shared_dir):
             assert any(not np.array_equal(params[key], built[key])
                        for params, built in zip(gathered, built_gathered, strict=True)
                        for key in params)
+    comm.Free()
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("model_kind", ["gpt", "bert"])
+def test_a_searched_schedule_equals_one_process(model_kind):
+    """An order `mpipipe schedule search --out` wrote for Chimera's placement with the
+    backward split, which no built-in kind runs (the fixture folder's README has the
+    commands)."""
+    pipeline, data_parallel = layout()
+    path = SEARCHED_FIXTURES / f"chimera-split-D{pipeline}-N{2 * pipeline}.csv"
+    comm = first_ranks(MPI.COMM_WORLD, pipeline * data_parallel)
+    if comm is None:
+        return
+    config = tiny_config(model_kind, str(path), pipeline, data_parallel)
+    plan, rows, gathered = pipelined_run(config, comm, STEPS)
+    assert plan.schedule.split_backward and plan.schedule.pipes == 2
+    check_equals_one_process(comm, plan, rows, gathered)
     comm.Free()
 
 
