@@ -24,6 +24,7 @@ from mpipipe.schedules import (
     OpCosts,
     ScheduleError,
     build_schedule,
+    max_tag,
     order_depends_on_costs,
     plan,
     read_schedule_file,
@@ -57,8 +58,10 @@ def plan_run(
     world_rank: int,
     model: Model | None = None,
     batcher: MicroBatchSource | None = None,
+    tag_limit: int | None = None,
 ) -> RunPlan:
-    """The plan of `config` on `world_size` ranks; `model` and `batcher` replace the config's."""
+    """The plan of `config` on `world_size` ranks; `model` and `batcher` replace the config's;
+    `tag_limit`, the MPI library's largest message tag (MPI.TAG_UB), where it is known."""
     if batcher is not None and not isinstance(batcher, MicroBatchSource):
         raise TypeError(
             f"plan_run(batcher=...): {type(batcher).__name__} is not a MicroBatchSource "
@@ -75,6 +78,8 @@ def plan_run(
             config.model, data_vocab=batcher.vocab_size, recompute=config.runtime.recompute
         )
     schedule, why_stages = choose_schedule(parallel, world_size)
+    if tag_limit is not None:
+        check_tag_limit(schedule, tag_limit)
     itemsize = np.dtype(config.runtime.dtype).itemsize
     costs = model.costs(config.data.microbatch_size, itemsize)
     stage_layers = partition_layers(
@@ -86,6 +91,16 @@ def plan_run(
         why_stages=why_stages,
     )
     return RunPlan(config, grid, model, schedule, stage_layers, batcher)
+
+
+def check_tag_limit(schedule: Schedule, tag_limit: int) -> None:
+    """Every message tag of `schedule` within what the MPI library allows."""
+    needed = max_tag(schedule)
+    if needed > tag_limit:
+        raise UsageError(
+            f"this schedule needs MPI message tags up to {needed} but the MPI library allows "
+            f"{tag_limit}: use fewer parallel.microbatches or pipeline stages"
+        )
 
 
 def choose_schedule(parallel: ParallelConfig, world_size: int) -> tuple[Schedule, str]:

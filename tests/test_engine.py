@@ -18,10 +18,12 @@ from mpipipe.runtime.timeline import Timeline
 from mpipipe.runtime.watchdog import WaitInfo, Watchdog
 from mpipipe.trainer import Trainer
 
+from oneline import one_line_error
+
 FLOAT64 = select_backend("cpu", "float64")
 
 
-def tiny_plan(schedule: str = "1f1b"):
+def tiny_plan(schedule: str = "1f1b", tag_limit: int | None = None):
     config = Config()
     config.model.vocab_size = 64
     config.model.seq_len = 8
@@ -34,7 +36,16 @@ def tiny_plan(schedule: str = "1f1b"):
     config.parallel.microbatches = 3
     config.runtime.dtype = "float64"
     config.runtime.trace = False
-    return plan_run(config, 1, 0)
+    return plan_run(config, 1, 0, tag_limit=tag_limit)
+
+
+def test_a_schedule_the_mpi_library_cannot_tag_is_refused_at_set_up():
+    from mpipipe.schedules import max_tag
+
+    needed = max_tag(tiny_plan().schedule)
+    assert tiny_plan(tag_limit=needed).schedule is not None
+    one_line_error(lambda: tiny_plan(tag_limit=needed - 1),
+                   [f"tags up to {needed}", f"allows {needed - 1}", "parallel.microbatches"])
 
 
 class CountingStage(LayerStage):

@@ -159,7 +159,7 @@ def _run_under_mpi(args, config, backend, problem, phases) -> int:
 
     def setup():
         faults_from_environment(rank).at("setup", 0)
-        plan = plan_run(config, comm.Get_size(), rank)
+        plan = plan_run(config, comm.Get_size(), rank, tag_limit=comm.Get_attr(MPI.TAG_UB))
         check_fits(plan, backend)
         parallel_checkpoints = use_parallel_hdf5(config.checkpoint.parallel)
         if rank == 0:

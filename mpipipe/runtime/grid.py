@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mpipipe.errors import UsageError
-
 
 @dataclass(frozen=True)
 class ProcessGrid:
@@ -38,12 +36,9 @@ class ProcessGrid:
 
 
 def make_grid(pipeline: int, data_parallel: int, world_size: int, world_rank: int) -> ProcessGrid:
+    """The grid of a validated layout (config.validate checks the world size for users)."""
     if pipeline * data_parallel != world_size:
-        raise UsageError(
-            f"the job has {world_size} MPI rank{'s' if world_size != 1 else ''} but "
-            f"parallel.pipeline={pipeline} x parallel.data_parallel={data_parallel} needs "
-            f"{pipeline * data_parallel}: launch with mpirun -n {pipeline * data_parallel}, "
-            "or change parallel.pipeline / parallel.data_parallel so their product is "
-            f"{world_size}"
+        raise ValueError(
+            f"a {pipeline} x {data_parallel} grid does not fill a world of {world_size} ranks"
         )
     return ProcessGrid(pipeline=pipeline, data_parallel=data_parallel, world_rank=world_rank)
