@@ -184,8 +184,8 @@ class Trainer:
         overflow = self.scaler.enabled and stats.overflow and not self.scaler.at_minimum
         applied = stats.finite and not overflow
         if overflow:
-            self._say(f"mpipipe: step {self.step}: fp16 gradients overflowed at loss scale {loss_scale:g}; "
-                      "skipping the step and halving the scale")
+            self._say(f"mpipipe: step {self.step}: fp16 gradients overflowed at loss scale "
+                      f"{loss_scale:g}; skipping the step and halving the scale")
         elif not stats.finite:
             self._on_non_finite(stats)
         else:
