@@ -110,30 +110,32 @@ def run_plan(left: np.ndarray, right: np.ndarray, out: np.ndarray) -> None:
             target[...] = op_a @ op_b
 
 
-def attention_views(rng):
-    qkv = rng.normal(size=(2, 5, 3 * 12))
+def attention_views(rng, convert=lambda array: array):
+    qkv = convert(rng.normal(size=(2, 5, 3 * 12)))
     q, k, v = qkv.reshape(2, 5, 3, 3, 4).transpose(2, 0, 3, 1, 4)
     return q, k, v
 
 
-def gemm_cases(rng):
-    x, w = rng.normal(size=(7, 5)), rng.normal(size=(5, 3))
-    q, k, v = attention_views(rng)
-    merged = np.empty((2, 5, 12))
-    heads = merged.reshape(2, 5, 3, 4).swapaxes(1, 2)  # the attention output's view
-    scores = rng.normal(size=(2, 3, 5, 5))
+def gemm_cases(rng, convert=lambda array: array, empty=np.empty):
+    """(name, left, right, out) for every kind of view the layers multiply; `convert` makes
+    each drawn array (another type, another device) before the views are taken."""
+    def draw(*shape):
+        return convert(rng.normal(size=shape))
+
+    x, w = draw(7, 5), draw(5, 3)
+    q, k, v = attention_views(rng, convert)
+    heads = empty((2, 5, 12)).reshape(2, 5, 3, 4).swapaxes(1, 2)  # the attention output's view
+    scores = draw(2, 3, 5, 5)
     return [
-        ("2-D", x, w, np.empty((7, 3))),
-        ("weight transposed", x, rng.normal(size=(3, 5)).T, np.empty((7, 3))),
-        ("input transposed", rng.normal(size=(5, 7)).T, w, np.empty((7, 3))),
-        ("both transposed", rng.normal(size=(5, 7)).T, rng.normal(size=(3, 5)).T,
-         np.empty((7, 3))),
-        ("batched contiguous", rng.normal(size=(4, 7, 5)), rng.normal(size=(4, 5, 3)),
-         np.empty((4, 7, 3))),
-        ("batched against one matrix", rng.normal(size=(4, 7, 5)), w, np.empty((4, 7, 3))),
-        ("scores from head views", q, k.swapaxes(-1, -2), np.empty((2, 3, 5, 5))),
+        ("2-D", x, w, empty((7, 3))),
+        ("weight transposed", x, draw(3, 5).T, empty((7, 3))),
+        ("input transposed", draw(5, 7).T, w, empty((7, 3))),
+        ("both transposed", draw(5, 7).T, draw(3, 5).T, empty((7, 3))),
+        ("batched contiguous", draw(4, 7, 5), draw(4, 5, 3), empty((4, 7, 3))),
+        ("batched against one matrix", draw(4, 7, 5), w, empty((4, 7, 3))),
+        ("scores from head views", q, k.swapaxes(-1, -2), empty((2, 3, 5, 5))),
         ("heads into a merged view", scores, v, heads),
-        ("scores transposed", scores.swapaxes(-1, -2), q, np.empty((2, 3, 5, 4))),
+        ("scores transposed", scores.swapaxes(-1, -2), q, empty((2, 3, 5, 4))),
     ]
 
 
