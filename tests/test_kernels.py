@@ -224,7 +224,7 @@ def test_kernel_matches_its_numpy_twin(kernel, columns, dtype):
 
 
 def low_dtypes():
-    from mpipipe.precision import bfloat16_available, bfloat16
+    from mpipipe.precision import bfloat16, bfloat16_available
 
     return [np.dtype(np.float16)] + ([bfloat16()] if bfloat16_available() else [])
 

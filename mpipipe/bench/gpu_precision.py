@@ -249,6 +249,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="an mpipipe train run folder whose tokens/s joins the table")
     parser.add_argument("--pipeline-precision", default="bf16", choices=PRECISIONS,
                         help="the precision that run trained in")
+    parser.add_argument("--require-gpu", action="store_true",
+                        help="exit 1, not 0, when there is no usable GPU")
     return parser.parse_args(argv)
 
 
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     reason = gpu_skip_reason()
     if reason is not None:
         print(reason, flush=True)
-        return 0
+        return 1 if args.require_gpu else 0
     shapes = Shapes()
     if args.quick:
         shapes.n_layer, shapes.seq_len, shapes.repeats = 4, 256, 2

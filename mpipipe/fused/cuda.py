@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 
@@ -38,9 +39,18 @@ def on_gpu(array) -> bool:
     return array_module(array) is not np
 
 
+def kernel_folder():
+    """The installed kernel sources, or a source checkout's kernels/ (run without installing,
+    as jobs/local/gpu_check.sh does on a GPU node)."""
+    try:
+        return files(KERNEL_PACKAGE)
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "kernels"
+
+
 def kernel_source(stem: str) -> str:
     """The source of kernels/<stem>.cu with common.cuh pasted in, as NVRTC compiles it."""
-    kernels = files(KERNEL_PACKAGE)
+    kernels = kernel_folder()
     source = kernels.joinpath(f"{stem}.cu").read_text()
     # NVRTC sees a string, not a folder, so the shared header is inlined.
     return source.replace(INCLUDE_LINE, kernels.joinpath("common.cuh").read_text())
