@@ -80,9 +80,9 @@ def _check_held_out(corpus_tokens: int, window: int, where: str, config: Config)
     if split.eval_windows < data.microbatch_size:
         raise UsageError(
             f"data.eval_fraction = {data.eval_fraction} holds out {split.eval_windows} "
-            f"window(s) of {window} tokens of the {corpus_tokens} of {where}, fewer than one "
-            f"micro-batch (data.microbatch_size = {data.microbatch_size}): raise "
-            "data.eval_fraction, or use a longer corpus or a smaller model.seq_len"
+            f"window(s) of {window} tokens of the {corpus_tokens} of {where}, "
+            f"fewer than one micro-batch (data.microbatch_size = {data.microbatch_size}): "
+            "raise data.eval_fraction, or use a longer corpus or a smaller model.seq_len"
         )
     if split.train_offsets < 1:
         raise UsageError(
