@@ -76,7 +76,7 @@ def run(args) -> int:
         parallel = config.parallel
         windows = config.train.eval_batches * plan.batcher.samples_per_step
         print(
-            f"eval_loss {loss:.6f}: checkpoint {path} (step {trainer.step}), "
+            f"eval_loss {loss:.12g}: checkpoint {path} (step {trainer.step}), "
             f"{config.train.eval_batches} batches ({windows} held-out windows), "
             f"{parallel.schedule} on {parallel.pipeline} x {parallel.data_parallel} ranks",
             file=sys.stdout, flush=True,
