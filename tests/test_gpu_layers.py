@@ -16,7 +16,7 @@ from mpipipe.models.model import build_model
 from mpipipe.models.reference import loss_and_grads
 from mpipipe.precision import Precision, bfloat16_available, stats_dtype
 
-from test_kernels import cupy, needs_gpu
+from cupy_device import cupy, needs_gpu
 from test_precision import LAYERS, context, gemm_cases, layer_inputs, relative_error
 
 PRECISIONS = ["fp32", "fp16"] + (["bf16"] if bfloat16_available() else [])
