@@ -133,6 +133,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
     log "everything needed is installed"
 fi
+if [ -x "$site/bin/mpiexec" ]; then
+    # Open MPI from its wheel, installed under $site: tell it and the loader where it lives.
+    export OPAL_PREFIX=$site LD_LIBRARY_PATH=$site/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
 launcher=$(command -v mpiexec || command -v mpirun || echo mpiexec)
 export MPIEXEC=$launcher
 
@@ -182,6 +186,9 @@ log "MPI: $launcher, CUDA-aware: $cuda_aware"
 
 run_stage gpu-kernels-and-layers 150 "$python" -m pytest -q -p no:cacheprovider -m gpu \
     tests/test_kernels.py tests/test_gpu_layers.py
+# A launcher that does not match mpi4py's MPI starts ranks that each see a world of one.
+run_stage mpi-world 30 "${mpirun[@]}" -n 2 "$python" -c \
+    'from mpi4py import MPI; assert MPI.COMM_WORLD.Get_size() == 2, "a world of 1: another MPI"'
 run_stage mpi-4-ranks-staged 150 "${staged[@]}" "${mpirun[@]}" -n 4 "${mpi_pytest[@]}" \
     tests/mpi/test_equivalence.py tests/mpi/test_eval.py tests/mpi/test_mixed_precision.py
 run_stage mpi-2-ranks-staged 45 "${staged[@]}" "${mpirun[@]}" -n 2 "${mpi_pytest[@]}" \
