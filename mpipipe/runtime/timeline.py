@@ -37,7 +37,7 @@ class Timeline:
 
     def pause(self) -> None:
         """Record nothing until the next step begins (an evaluation between steps)."""
-        self.step = -1
+        self.recording = False
 
     def add(self, name: str, category: str, start: float, end: float) -> None:
         """Record one interval measured with MPI.Wtime on this rank."""
