@@ -55,7 +55,7 @@ def run(args) -> int:
 
     def setup():
         validate_config(config, comm.Get_size(), evaluating=True)
-        return plan_run(config, comm.Get_size(), rank)
+        return plan_run(config, comm.Get_size(), rank, tag_limit=comm.Get_attr(MPI.TAG_UB))
 
     with abort_on_exception(comm):
         try:
