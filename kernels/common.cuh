@@ -1,7 +1,58 @@
-// Helpers every kernel file includes: float/double overloads of the math
-// functions, a grid-stride index, and block-wide sum and max reductions.
+// Helpers every kernel file includes: the element types and the type each
+// computes in, float/double overloads of the math functions, a grid-stride
+// index, and block-wide sum and max reductions.
 #ifndef MPIPIPE_COMMON_CUH
 #define MPIPIPE_COMMON_CUH
+
+// 2-byte floats are stored as their bits and converted in registers, so no
+// CUDA half header is needed (NVRTC compiles one string). They compute in float.
+struct half_bits {
+    unsigned short bits;
+};
+struct bfloat16_bits {
+    unsigned short bits;
+};
+
+template <typename T> struct compute_of {
+    typedef T type;  // float and double compute in themselves
+};
+template <> struct compute_of<half_bits> {
+    typedef float type;
+};
+template <> struct compute_of<bfloat16_bits> {
+    typedef float type;
+};
+
+__device__ __forceinline__ float to_compute(float value) { return value; }
+__device__ __forceinline__ double to_compute(double value) { return value; }
+__device__ __forceinline__ float to_compute(half_bits value) {
+    float result;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(result) : "h"(value.bits));
+    return result;
+}
+__device__ __forceinline__ float to_compute(bfloat16_bits value) {
+    return __uint_as_float(((unsigned int)value.bits) << 16);
+}
+
+// The element of type T nearest to a computed value (round to nearest even).
+template <typename T> __device__ __forceinline__ T to_element(typename compute_of<T>::type value) {
+    return value;
+}
+template <> __device__ __forceinline__ half_bits to_element<half_bits>(float value) {
+    half_bits result;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(result.bits) : "f"(value));
+    return result;
+}
+template <> __device__ __forceinline__ bfloat16_bits to_element<bfloat16_bits>(float value) {
+    const unsigned int bits = __float_as_uint(value);
+    bfloat16_bits result;
+    if ((bits & 0x7fffffffu) > 0x7f800000u) {
+        result.bits = (unsigned short)((bits >> 16) | 0x0040u);  // NaN stays a (quiet) NaN
+    } else {
+        result.bits = (unsigned short)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+    }
+    return result;
+}
 
 __device__ __forceinline__ float device_exp(float x) { return expf(x); }
 __device__ __forceinline__ double device_exp(double x) { return exp(x); }

@@ -12,6 +12,7 @@ from mpipipe.errors import UsageError
 # Subcommand name -> module in mpipipe.commands providing register(subparsers).
 SUBCOMMANDS = {
     "train": "train",
+    "eval": "eval",
     "schedule": "schedule",
     "config": "config",
     "plot": "plot",

@@ -8,6 +8,10 @@ MPI is done with it. On a GPU, device buffers go to MPI directly when the
 library is CUDA-aware; otherwise every transfer is staged through pinned
 host memory. Either way the CuPy stream is synchronised before MPI touches
 a buffer.
+
+Activations and their gradients travel in the run's compute type (the
+message dtype). MPI has no portable float16 or bfloat16 datatype, so those
+go on the wire as their raw 2-byte words (`wire`: a uint16 view, no copy).
 """
 
 from __future__ import annotations
@@ -15,10 +19,17 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
 from mpi4py import MPI
 
 from mpipipe.backend import Backend
+from mpipipe.precision import is_low
 from mpipipe.runtime.watchdog import WaitInfo, Watchdog
+
+
+def wire(array):
+    """What MPI is given for `array`: itself, or for a 2-byte float its uint16 view."""
+    return array.view(np.uint16) if is_low(array.dtype) else array
 
 
 class BufferPool:
@@ -76,12 +87,16 @@ class PendingSync:
 
 
 class Messenger:
-    def __init__(self, comm, backend: Backend, cuda_aware: bool, watchdog: Watchdog):
+    def __init__(self, comm, backend: Backend, cuda_aware: bool, watchdog: Watchdog,
+                 message_dtype=None):
+        """`message_dtype`: the type of every activation and gradient sent (default the
+        backend's)."""
         self.comm = comm
         self.backend = backend
         self.staged = backend.is_gpu and not cuda_aware
         self.watchdog = watchdog
-        xp, dtype = backend.xp, backend.dtype
+        xp = backend.xp
+        dtype = self.message_dtype = np.dtype(message_dtype or backend.dtype)
         # Receive buffers, arrays of the compute module; pinned host arrays to stage through.
         self.buffer_pool = BufferPool(lambda shape: xp.empty(shape, dtype=dtype))
         self.staging_pool = BufferPool(self._pinned_empty) if self.staged else None
@@ -91,29 +106,26 @@ class Messenger:
 
     def empty(self, shape):
         """A receive buffer of the compute module (a persistent receive's, say)."""
-        return self.backend.xp.empty(shape, dtype=self.backend.dtype)
+        return self.backend.xp.empty(shape, dtype=self.message_dtype)
 
     def staging_empty(self, shape):
         """A pinned host buffer to stage a transfer through, or None when nothing is staged."""
         return self._pinned_empty(shape) if self.staged else None
 
     def _pinned_empty(self, shape):
-        import numpy as np
-
         cupy = self.backend.xp
-        itemsize = np.dtype(self.backend.dtype).itemsize
         size = int(np.prod(shape)) if shape else 1
-        memory = cupy.cuda.alloc_pinned_memory(size * itemsize)
-        return np.frombuffer(memory, dtype=self.backend.dtype, count=size).reshape(shape)
+        memory = cupy.cuda.alloc_pinned_memory(size * self.message_dtype.itemsize)
+        return np.frombuffer(memory, dtype=self.message_dtype, count=size).reshape(shape)
 
     def post_receive(self, shape, peer: int, tag: int, info: WaitInfo) -> PendingReceive:
         buffer = self.buffer_pool.take(shape)
         if self.staged:
             staging = self.staging_pool.take(shape)
-            request = self.comm.Irecv(staging, source=peer, tag=tag)
+            request = self.comm.Irecv(wire(staging), source=peer, tag=tag)
         else:
             staging = None
-            request = self.comm.Irecv(buffer, source=peer, tag=tag)
+            request = self.comm.Irecv(wire(buffer), source=peer, tag=tag)
         pending = PendingReceive(request, buffer, staging, info)
         self.receives.append(pending)
         return pending
@@ -123,7 +135,8 @@ class Messenger:
     ) -> PendingReceive:
         """A receive of `peer`'s message `tag` into `buffer` (through `staging`, a buffer from
         `staging_empty`, when staged), created once and started by `start_receive`."""
-        request = self.comm.Recv_init(buffer if staging is None else staging, source=peer, tag=tag)
+        target = buffer if staging is None else staging
+        request = self.comm.Recv_init(wire(target), source=peer, tag=tag)
         return PendingReceive(request, buffer, staging, info, persistent=True)
 
     def start_receive(self, pending: PendingReceive) -> None:
@@ -139,21 +152,22 @@ class Messenger:
         self.receives.remove(pending)
         self.watchdog.wait(pending.request, pending.info)
         if pending.staging is not None:
-            pending.buffer.set(pending.staging)
+            wire(pending.buffer).set(wire(pending.staging))
             if not pending.persistent:
                 self.staging_pool.give_back(pending.staging)
         return pending.buffer
 
     def send(self, array, peer: int, tag: int) -> None:
-        array = self.backend.xp.ascontiguousarray(array)
+        """Start sending `array` in the message dtype (cast if a stage gave another type)."""
+        array = self.backend.xp.ascontiguousarray(array, dtype=self.message_dtype)
         self.backend.synchronize()
         if self.staged:
             staging = self.staging_pool.take(tuple(array.shape))
-            array.get(out=staging)
-            request = self.comm.Isend(staging, dest=peer, tag=tag)
+            wire(array).get(out=wire(staging))
+            request = self.comm.Isend(wire(staging), dest=peer, tag=tag)
         else:
             staging = None
-            request = self.comm.Isend(array, dest=peer, tag=tag)
+            request = self.comm.Isend(wire(array), dest=peer, tag=tag)
         self.sends.append(PendingSend(request, array, staging))
 
     def pending(self) -> PendingCounts:

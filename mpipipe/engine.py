@@ -15,10 +15,17 @@ cache; a SYNC starts the non-blocking gradient allreduce of every bucket
 whose last user on this rank that chunk is. After the last op the rank
 waits for its sends and syncs, then one `Allgather` of a few numbers gives
 every rank the global loss, the gradient norm and the timing of every rank.
+
+`forward_only` runs just the F ops of the same program (evaluation): their
+activations arrive in receives posted one at a time into the messenger's
+pool, not the step's persistent ones, and each forward's cache and receive
+buffer are dropped as soon as its output is sent on.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +36,7 @@ from mpipipe.backend import Backend
 from mpipipe.comm import Messenger, PendingCounts, PendingReceive
 from mpipipe.layers.base import MicroBatch
 from mpipipe.plan import RunPlan
+from mpipipe.runtime.batch_source import MicroBatchSource
 from mpipipe.runtime.faults import NO_FAULTS, FaultHooks
 from mpipipe.runtime.op_costs import OpTimes, cost_slot
 from mpipipe.runtime.params import ParamStore
@@ -53,6 +61,7 @@ class EngineOptions:
     cuda_aware: bool = False  # MPI takes device buffers directly (else staged through the host)
     # What times each op's compute (None: MPI.Wtime); a test gives a deterministic one.
     clock: Callable[[], float] | None = None
+    message_dtype: object = None  # type of activations and gradients sent; None: the backend's
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,11 +142,14 @@ class Engine:
         self.grid = plan.grid
         # Set from a signal handler; every rank learns of it with the step's statistics.
         self.stop_asked_on_this_rank = False
-        self.messenger = Messenger(comm, backend, self.options.cuda_aware, watchdog)
+        self.messenger = Messenger(
+            comm, backend, self.options.cuda_aware, watchdog, self.options.message_dtype
+        )
         self.boundary_shapes = _boundary_shapes(
             plan.model, plan.stage_layers, plan.config.data.microbatch_size
         )
         self.stages = self._build_stages(plan, stage_factory)
+        self.upstream_scale = 1.0  # the loss gradient the backward starts from, as a number
         self.upstream_gradient_of_loss = backend.xp.asarray(1.0, dtype=backend.dtype)
         self.program = self._build_program(plan)
 
@@ -227,7 +239,7 @@ class Engine:
     def _plan_receives(self, lowered: list[LoweredOp], labels: list[str]) -> list[PlannedReceive]:
         """Every message this rank receives in a step, in the order its ops need them, each
         with a persistent receive on the buffer it always lands in (see receive_slots.py)."""
-        itemsize = np.dtype(self.backend.dtype).itemsize
+        itemsize = self.messenger.message_dtype.itemsize
         needs, messages = [], []
         for position, item in enumerate(lowered):
             transfer = item.receive
@@ -310,14 +322,23 @@ class Engine:
 
     # ----- one step -----------------------------------------------------------
 
-    def forward_backward(self, step: int) -> StepStats:
-        """Run this rank's ops for `step`; gradients are summed over all holders afterwards."""
+    def forward_backward(self, step: int, loss_scale: float = 1.0) -> StepStats:
+        """Run this rank's ops for `step`; gradients are summed over all holders afterwards.
+
+        The backward starts from `loss_scale` (fp16's loss scaling), so the gradients are
+        `loss_scale` times the loss's; the reported loss is the loss itself.
+        """
         program = self.program
         self.watchdog.step = step
         self.timeline.begin_step(step)
         self.store.zero_grads()
         self.op_times.begin_step()
-        state = StepState(step)
+        if loss_scale != self.upstream_scale:
+            self.upstream_scale = loss_scale
+            self.upstream_gradient_of_loss = self.backend.xp.asarray(
+                loss_scale, dtype=self.backend.dtype
+            )
+        state = StepState(step, self.plan.batcher)
         self._start_receives(state, -1)
         middle = len(program.ops) // 2
         record = self.watchdog.record
@@ -331,9 +352,47 @@ class Engine:
         self._finish_step(state)
         return self._gather_stats(state)
 
-    def _forward(self, state: StepState, op: BoundOp) -> None:
+    def forward_only(self, step: int, source: MicroBatchSource) -> StepStats:
+        """Run this rank's F ops on `source`'s micro-batches of `step`: the loss, no gradients.
+
+        Collective like a step; the returned statistics' loss is the sum of the last
+        stage's outputs over the micro-batches and replicas (gradient fields mean nothing).
+        """
+        program = self.program
+        self.timeline.pause()  # evaluation ops stay out of the trace
+        state = StepState(step, source)
+        state.next_receive = len(program.receives)  # the step's persistent receives stay idle
+        forwards = [op for op in program.ops if op.type is OpType.FORWARD]
+        wanted = deque(planned for planned in program.receives
+                       if program.ops[planned.position].type is OpType.FORWARD)
+        posted: dict[int, PendingReceive] = {}
+        for op in forwards:
+            while wanted and len(posted) < self.options.recv_window:
+                planned = wanted.popleft()
+                posted[planned.position] = self.messenger.post_receive(
+                    planned.shape, planned.peer, planned.tag, planned.info
+                )
+            self.watchdog.record(op.label)
+            pending = posted.pop(op.position, None)
+            x = None if pending is None else self._finish_eval_receive(state, pending)
+            self._forward(state, op, x)
+            state.caches.pop(op.chunk)
+            if pending is not None:
+                self.messenger.buffer_pool.give_back(pending.buffer)
+        self._finish_step(state)
+        return self._gather_stats(state)
+
+    def _finish_eval_receive(self, state: StepState, pending: PendingReceive):
+        start = MPI.Wtime()
+        data = self.messenger.finish_receive(pending)
+        state.wait_s += MPI.Wtime() - start
+        return data
+
+    def _forward(self, state: StepState, op: BoundOp, x=None) -> None:
+        """The forward of `op`, on `x` (evaluation hands it over) or on its own input."""
         context = self._context(state, op.microbatch)
-        x = context.tokens if op.first_stage else self._incoming(state, op)
+        if x is None:
+            x = context.tokens if op.first_stage else self._incoming(state, op)
         start = self.clock()
         y, cache = op.compute.forward(x, context)
         self._computed(state, op, start)
@@ -384,7 +443,7 @@ class Engine:
     def _context(self, state: StepState, microbatch: int) -> MicroBatch:
         context = state.contexts.get(microbatch)
         if context is None:
-            host = self.plan.batcher.microbatch(state.step, self.grid.replica, microbatch)
+            host = state.source.microbatch(state.step, self.grid.replica, microbatch)
             xp = self.backend.xp
             context = MicroBatch(
                 tokens=xp.asarray(host.tokens),
@@ -440,13 +499,17 @@ class Engine:
     def _gather_stats(self, state: StepState) -> StepStats:
         to_host = self.backend.to_host
         offset = self.timeline.clock_offset
+        squares = {
+            bucket.index: float(to_host(bucket.grad @ bucket.grad)) for bucket in self.store.buckets
+        }
         row = stats_row(
             loss=sum(float(to_host(loss)) for loss in state.losses),
             squared_norm=sum(
-                float(to_host(bucket.grad @ bucket.grad))
+                squares[bucket.index]
                 for bucket in self.store.buckets
                 if bucket.world_members[0] == self.grid.world_rank
             ),
+            overflow=not all(math.isfinite(square) for square in squares.values()),
             first_start=(state.first_start or 0.0) + offset,
             last_end=(state.last_end or 0.0) + offset,
             compute_s=state.compute_s,

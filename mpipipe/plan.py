@@ -42,6 +42,8 @@ class RunPlan:
     schedule: Schedule
     stage_layers: list[range]
     batcher: MicroBatchSource
+    # The evaluation's micro-batches (data.eval_fraction > 0 with the config's data), else None.
+    held_out: MicroBatchSource | None = None
 
     @property
     def tokens_per_step(self) -> int:
@@ -71,8 +73,11 @@ def plan_run(
     parallel = config.parallel
     parallel.pipeline = pipeline_degree(parallel.pipeline, parallel.data_parallel, world_size)
     grid = make_grid(parallel.pipeline, parallel.data_parallel, world_size, world_rank)
+    held_out = None
     if batcher is None:
         batcher = build_batcher(config)
+        if config.data.eval_fraction > 0:
+            held_out = batcher.held_out(config.train.eval_batches)
     if model is None:
         model = build_model(
             config.model, data_vocab=batcher.vocab_size, recompute=config.runtime.recompute
@@ -90,7 +95,7 @@ def plan_run(
         describe=model.kind,
         why_stages=why_stages,
     )
-    return RunPlan(config, grid, model, schedule, stage_layers, batcher)
+    return RunPlan(config, grid, model, schedule, stage_layers, batcher, held_out)
 
 
 def check_tag_limit(schedule: Schedule, tag_limit: int) -> None:

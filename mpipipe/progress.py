@@ -20,8 +20,10 @@ def wants_bar() -> bool:
 
 
 def format_row(row: dict) -> str:
+    """One step's log line; the held-out loss joins it after an evaluation."""
+    evaluation = f"  eval_loss {row['eval_loss']:.4f}" if "eval_loss" in row else ""
     return (
-        f"step {row['step'] + 1:>6}  loss {row['loss']:.4f}  lr {row['lr']:.2e}  "
+        f"step {row['step'] + 1:>6}  loss {row['loss']:.4f}{evaluation}  lr {row['lr']:.2e}  "
         f"grad_norm {row['grad_norm']:.3f}  {row['tokens_per_s']:,.0f} tok/s  "
         f"bubble {row['bubble_mean']:.1%}  {row['step_time_s'] * 1e3:.0f} ms/step"
     )
@@ -33,6 +35,7 @@ class Progress:
     def __init__(self, total_steps: int, first_step: int, log_every: int, enabled: bool):
         self.log_every = log_every
         self.enabled = enabled
+        self.last_eval: str | None = None  # the latest held-out loss, kept on the bar
         self.bar = None
         if enabled and wants_bar():
             try:
@@ -48,13 +51,16 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
+            if "eval_loss" in row:
+                self.last_eval = f"{row['eval_loss']:.4f}"
+            shown = {"loss": f"{row['loss']:.4f}"}
+            if self.last_eval is not None:
+                shown["eval_loss"] = self.last_eval
             self.bar.set_postfix(
-                loss=f"{row['loss']:.4f}",
-                tok_s=f"{row['tokens_per_s']:,.0f}",
-                bubble=f"{row['bubble_mean']:.1%}",
+                **shown, tok_s=f"{row['tokens_per_s']:,.0f}", bubble=f"{row['bubble_mean']:.1%}"
             )
             self.bar.update(1)
-        elif row["step"] % self.log_every == 0 or last:
+        elif row["step"] % self.log_every == 0 or last or "eval_loss" in row:
             print(format_row(row), flush=True)
 
     def message(self, text: str) -> None:

@@ -7,6 +7,13 @@
 The same object serves the `mpipipe train` command, the Python API and the
 tests (which run several layouts side by side on sub-communicators).
 
+Precision (runtime.precision, mpipipe.precision): the store keeps float32
+master weights beside the layers' working copies, the engine sends
+activations in the compute type, and under fp16 a `LossScaler` scales the
+backward; a step in which some rank's gradients overflowed is skipped on
+every rank and halves the scale. Evaluation (train.eval_every) runs the
+schedule's forwards on the held-out batches and adds `eval_loss` to the row.
+
 Checkpoints (with a run folder): `run` saves every checkpoint.every steps,
 at the end of training, and when a stop was requested (SIGTERM on any rank,
 see `request_stop`), after which it returns with `preempted` set. `resume`
@@ -32,8 +39,15 @@ from mpipipe.checkpoint.save import (
 )
 from mpipipe.engine import Engine, EngineOptions
 from mpipipe.metrics import MetricsWriter
-from mpipipe.optim import ParamGroup, build_optimizer, clip_coefficient, learning_rate
+from mpipipe.optim import (
+    LossScaler,
+    ParamGroup,
+    build_optimizer,
+    clip_coefficient,
+    learning_rate,
+)
 from mpipipe.plan import RunPlan
+from mpipipe.precision import Precision
 from mpipipe.progress import Progress
 from mpipipe.replanning import Replanning
 from mpipipe.runtime.failure import CollectiveStop
@@ -93,9 +107,19 @@ class Trainer:
         self.rendezvous = Rendezvous(comm, self.phases)
         traced_steps = runtime.trace_steps if runtime.trace else 0
         self.timeline = Timeline(self.rank, rank0_clock_offset(comm), max_steps=traced_steps)
+        self.precision = Precision.of(runtime.precision, backend.dtype)
+        if backend.is_gpu:
+            from mpipipe.fused.cublas import set_tf32
+
+            set_tf32(self.precision.tf32)
         self.store = ParamStore.create(
             plan.model, plan.stage_layers, plan.schedule.placement, plan.grid, backend,
-            self.config.train.seed,
+            self.config.train.seed, compute_dtype=self.precision.compute,
+        )
+        scaling = self.precision.loss_scaling
+        self.scaler = LossScaler(
+            scale=runtime.loss_scale if scaling else 1.0, window=runtime.loss_scale_window,
+            enabled=scaling,
         )
         self.optimizer = build_optimizer(
             optimizer_groups(self.store, self.config.optim.weight_decay), self.config.optim
@@ -109,7 +133,8 @@ class Trainer:
             watchdog=self.watchdog,
             timeline=self.timeline,
             options=EngineOptions(
-                recv_window=runtime.recv_window, cuda_aware=cuda_aware, clock=op_clock
+                recv_window=runtime.recv_window, cuda_aware=cuda_aware, clock=op_clock,
+                message_dtype=self.precision.compute,
             ),
             faults=self.faults,
             stage_factory=stage_factory,
@@ -152,20 +177,33 @@ class Trainer:
                 self.engine.replan(self.plan)
             self._engine_behind = False
         started = time.perf_counter()
-        stats = self.engine.forward_backward(self.step)
+        loss_scale = self.scaler.scale
+        stats = self.engine.forward_backward(self.step, loss_scale=loss_scale)
+        stats.grad_norm /= loss_scale
         self.stop_asked_on_some_rank = stats.stop_asked_on_some_rank
-        applied = stats.finite
-        if not stats.finite:
+        overflow = self.scaler.enabled and stats.overflow and not self.scaler.at_minimum
+        applied = stats.finite and not overflow
+        if overflow:
+            self._say(f"mpipipe: step {self.step}: fp16 gradients overflowed at loss scale "
+                      f"{loss_scale:g}; skipping the step and halving the scale")
+        elif not stats.finite:
             self._on_non_finite(stats)
         else:
-            scale = clip_coefficient(stats.grad_norm, optim.grad_clip)
-            self.optimizer.step(learning, grad_scale=scale)
+            clip = clip_coefficient(stats.grad_norm, optim.grad_clip)
+            self.optimizer.step(learning, grad_scale=clip / loss_scale)
+            self.store.refresh_working()
+        if overflow or applied:
+            self.scaler.update(overflow)
         self.backend.synchronize()
         step_time = time.perf_counter() - started
         row = self._row(stats, learning, step_time, applied)
-        self.metrics.write(row)
+        if self.scaler.enabled:
+            row.update(loss_scale=loss_scale, overflow=overflow)
         self.step += 1
-        self._replan_if_due()
+        self._replan_if_due()  # before an evaluation, whose forwards are no training op times
+        if self._evaluation_due():
+            row["eval_loss"] = self.evaluate()
+        self.metrics.write(row)
         return row
 
     def _replan_if_due(self) -> None:
@@ -183,6 +221,20 @@ class Trainer:
                 self.engine.replan(self.plan)
         self.schedule_record["schedule_digest"] = self.plan.schedule.digest()
         self._say(message, self._progress)
+
+    def _evaluation_due(self) -> bool:
+        every = self.config.train.eval_every
+        if not every or self.plan.held_out is None:
+            return False
+        return self.step % every == 0 or self.step == self.config.train.steps
+
+    def evaluate(self) -> float:
+        """The mean loss over the held-out batches, the same on every rank (collective)."""
+        held_out = self.plan.held_out
+        if held_out is None:
+            raise ValueError("this run has no held-out data (data.eval_fraction = 0)")
+        batches = self.config.train.eval_batches
+        return sum(self.engine.forward_only(batch, held_out).loss for batch in range(batches))
 
     def _on_non_finite(self, stats: StepStats) -> None:
         values = {"loss": stats.loss, "gradient norm": stats.grad_norm}
@@ -273,7 +325,7 @@ class Trainer:
         self.engine.ask_to_stop()
 
     def run_state(self) -> RunState:
-        return RunState(self.comm, self.plan, self.store, self.optimizer, self.step)
+        return RunState(self.comm, self.plan, self.store, self.optimizer, self.step, self.scaler)
 
     def save_checkpoint(self, path: str) -> SavedCheckpoint:
         """Write a checkpoint of this step to `path` (collective)."""
@@ -318,6 +370,7 @@ class Trainer:
         self.schedule_record["schedule_digest"] = self.plan.schedule.digest()
         with self.phases.phase("resume: loading", point.path):
             loaded = load_checkpoint(self.run_state(), point.path)
+        self.store.refresh_working()
         self.step = self._saved_step = loaded.step
         if self.metrics_path is not None:
             self._drop_metrics_from(loaded.step)

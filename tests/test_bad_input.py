@@ -228,6 +228,27 @@ CASES = [
          "model.d_model = 30 is not a multiple of model.n_head = 4"),
     Case("vocabulary-too-small", tiny("--set", "model.vocab_size=100"),
          "model.vocab_size = 100 is too small for data.source = 'stdlib'"),
+    # Precision and evaluation.
+    Case("misspelt-precision", tiny("--set", "runtime.precision=bfloat16"),
+         'runtime.precision = "bfloat16" is not one of fp32, tf32, fp16, bf16 '
+         "(did you mean 'bf16'?)"),
+    Case("bf16-without-ml-dtypes", tiny(*RANDOM_DATA, "--set", "runtime.precision=bf16"),
+         "runtime.precision = 'bf16' needs the package ml_dtypes",
+         env={"PYTHONPATH": str(REPO / "tests" / "fixtures" / "without_ml_dtypes")}),
+    Case("low-precision-over-float64", tiny(*RANDOM_DATA, "--set", "runtime.precision=fp16",
+                                            "--set", "runtime.dtype=float64"),
+         "runtime.precision = 'fp16' keeps float32 master weights but runtime.dtype = "
+         "'float64'"),
+    Case("eval-fraction-above-half", tiny("--set", "data.eval_fraction=0.7"),
+         "data.eval_fraction = 0.7 is above the maximum 0.5 (use 0.5 or less)"),
+    Case("eval-fraction-negative", tiny("--set", "data.eval_fraction=-0.1"),
+         "data.eval_fraction = -0.1 is below the minimum 0.0 (use 0.0 or more)"),
+    Case("eval-without-held-out-data", tiny(*RANDOM_DATA, "--set", "train.eval_every=10"),
+         "train.eval_every = 10 evaluates on held-out data but data.eval_fraction = 0.0"),
+    Case("eval-set-smaller-than-a-micro-batch",
+         text_corpus(b"x" * 1000, "--set", "data.eval_fraction=0.5",
+                     "--set", "data.microbatch_size=16"),
+         "holds out 7 window(s) of 65 tokens of the 1000 of data.path"),
     # Layout: world size, schedule constraints, layers to stages.
     Case("world-size", tiny(*RANDOM_DATA, "--set", "parallel.pipeline=2"),
          "the job has 4 MPI ranks but parallel.pipeline=2 x parallel.data_parallel=1 needs 2"),

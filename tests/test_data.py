@@ -309,3 +309,78 @@ def test_bad_data_gives_one_line_naming_key_and_path(tmp_path, source, make_path
                                                        fragments):
     config = data_config(tmp_path, source, make_path(tmp_path), *overrides)
     one_line_error(lambda: build_batcher(config), fragments)
+
+
+# ----- the held-out split -------------------------------------------------------------------
+
+
+def corpus_positions(batch) -> set[int]:
+    """Corpus positions a GPT batch reads (POSITIONS holds each token's own position)."""
+    windows = np.concatenate([batch.tokens, batch.targets[:, -1:]], axis=1)
+    return set(windows.reshape(-1).tolist())
+
+
+def test_held_out_windows_never_appear_in_training_batches():
+    layout = batcher("gpt", replicas=2, microbatches=2, eval_fraction=0.25)
+    held_out = layout.held_out(batches=3)
+    evaluated = corpus_positions(held_out.all_samples())
+    trained = set()
+    for step in range(120):
+        trained |= corpus_positions(layout.global_batch(step))
+    assert evaluated and trained
+    assert not trained & evaluated, "a training window read held-out tokens"
+    ranges = set().union(*(range(start, end) for start, end in layout.split.eval_runs))
+    assert evaluated <= ranges and not trained & ranges
+    # The held-out share is about the fraction asked for, spread over the corpus.
+    assert abs(len(ranges) / CORPUS_LENGTH - 0.25) < 0.1
+    assert len(layout.split.eval_runs) > 1
+
+
+def test_held_out_windows_are_consecutive_and_every_micro_batch_shares_one_normaliser():
+    layout = batcher("gpt", replicas=2, microbatches=2, eval_fraction=0.25)
+    held_out = layout.held_out(batches=2)
+    starts = [int(tokens[0]) for tokens in held_out.all_samples().tokens]
+    window = SEQ_LEN + 1
+    assert all(layout.split.eval_offset(index) == start for index, start in enumerate(starts))
+    per_run = [(end - start) // window for start, end in layout.split.eval_runs]
+    assert layout.split.eval_windows == sum(per_run)
+    first_run = layout.split.eval_runs[0]
+    assert starts[:per_run[0]] == list(range(first_run[0], first_run[0] + per_run[0] * window,
+                                             window))
+    counted = 2 * layout.samples_per_step * SEQ_LEN
+    parts = [held_out.microbatch(step, replica, index) for step in range(2)
+             for replica in range(2) for index in range(2)]
+    assert all(part.loss_normalizer == counted for part in parts)
+    assert same_batch(concatenated(parts), held_out.all_samples())
+
+
+def test_without_held_out_data_training_draws_its_offsets_as_before():
+    layout = batcher("gpt", replicas=1, microbatches=2, eval_fraction=0.0)
+    batch = layout.global_batch(4)
+    first = 4 * layout.samples_per_step
+    for row, sample in enumerate(range(first, first + layout.samples_per_step)):
+        rng = np.random.default_rng([7, 0xDA7A, sample])
+        assert batch.tokens[row, 0] == rng.integers(0, CORPUS_LENGTH - SEQ_LEN)
+
+
+def test_bert_held_out_samples_mask_and_count_their_own_targets():
+    layout = batcher("bert", replicas=1, microbatches=2, eval_fraction=0.25)
+    held_out = layout.held_out(batches=2)
+    batch = held_out.all_samples()
+    assert batch.loss_normalizer == np.count_nonzero(batch.targets != IGNORE_INDEX)
+    real = batch.tokens[batch.attention_mask & (batch.targets == IGNORE_INDEX)]
+    ranges = set().union(*(range(start, end) for start, end in layout.split.eval_runs))
+    assert set(real.tolist()) <= ranges
+
+
+def test_an_eval_set_smaller_than_one_micro_batch_is_one_line(tmp_path):
+    path = tmp_path / "short.txt"
+    path.write_bytes(b"x" * 1000)
+    one_line_error(
+        lambda: build_batcher(load_config(None, [
+            "data.source=text", f"data.path={path}", "data.eval_fraction=0.5",
+            "data.microbatch_size=16",
+        ])),
+        ["data.eval_fraction = 0.5 holds out 7 window(s) of 65 tokens",
+         "fewer than one micro-batch (data.microbatch_size = 16)"],
+    )

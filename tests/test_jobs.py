@@ -242,3 +242,23 @@ def test_gpu_affinity_gives_each_local_rank_its_gpu(env, visible):
         env={**clean, **env}, capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 0 and result.stdout.strip() == visible
+
+
+def test_gpu_check_on_a_machine_without_a_gpu_says_so_in_one_line_and_succeeds(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\nexit 9\n")  # a driver, no GPU
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    out = tmp_path / "check"
+    result = run_script([JOBS / "local" / "gpu_check.sh", "--out", out],
+                        {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "gpu_check: no NVIDIA GPU on this machine (nvidia-smi lists none); nothing to check"
+    ]
+    assert not out.exists()  # nothing was set up or run
+
+
+def test_gpu_check_rejects_an_unknown_option():
+    result = run_script([JOBS / "local" / "gpu_check.sh", "--quick"], {}, timeout=30)
+    assert result.returncode == 2 and "usage:" in result.stderr

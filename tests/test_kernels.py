@@ -52,8 +52,17 @@ def test_every_launched_kernel_file_exists():
 def test_kernel_compiles_and_exports_what_cuda_py_launches(source, tmp_path):
     ptx = compile_ptx(source, tmp_path / f"{source.stem}.ptx")
     for name in kernels_launched()[source.stem]:
-        for flavour in ("float", "double"):
+        for flavour in flavours(source.stem, name):
             assert re.search(rf"\.entry {name}_{flavour}\(", ptx), f"{name}_{flavour}"
+
+
+def flavours(stem: str, name: str) -> tuple[str, ...]:
+    """Every kernel has float and double flavours; those run on activations (all but the
+    optimizer's, and LayerNorm's last pass, which adds float32 partial sums) also half and
+    bfloat16 ones."""
+    if stem == "adamw" or name == "layernorm_weight_accumulate":
+        return ("float", "double")
+    return ("float", "double", "half", "bfloat16")
 
 
 @needs_nvcc
@@ -212,6 +221,58 @@ def test_kernel_matches_its_numpy_twin(kernel, columns, dtype):
     assert pairs
     for name, gpu_value, cpu_value in pairs:
         assert_same(gpu_value, cpu_value, dtype, name)
+
+
+def low_dtypes():
+    from mpipipe.precision import bfloat16, bfloat16_available
+
+    return [np.dtype(np.float16)] + ([bfloat16()] if bfloat16_available() else [])
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("dtype", low_dtypes(), ids=lambda dtype: dtype.name)
+@pytest.mark.parametrize("columns", [5, 64, 333, 1500])
+def test_low_precision_kernels_match_numpy_twins(dtype, columns):
+    """Both compute in float32 and round once, so they agree to about one unit of the type."""
+    rng = np.random.default_rng(columns)
+    x = (rng.normal(size=(3, 7, columns)) * 2).astype(dtype)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    weight, bias = (rng.normal(size=columns).astype(dtype) for _ in range(2))
+    gx, gdy, gweight, gbias = (cupy.asarray(a) for a in (x, dy, weight, bias))
+    unit = float(np.finfo(dtype).eps)
+
+    def close(gpu_value, cpu_value, name, expected_dtype=dtype):
+        assert gpu_value.dtype == expected_dtype, name
+        np.testing.assert_allclose(cupy.asnumpy(gpu_value).astype(np.float64),
+                                   np.asarray(cpu_value).astype(np.float64),
+                                   rtol=2 * unit, atol=4 * unit, err_msg=name)
+
+    close(fused.gelu_forward(gx), fused.gelu_forward(x), "gelu_forward")
+    close(fused.gelu_backward(gx, gdy), fused.gelu_backward(x, dy), "gelu_backward")
+    y, mean, rstd = fused.layernorm_forward(x, weight, bias)
+    gy, gmean, grstd = fused.layernorm_forward(gx, gweight, gbias)
+    close(gy, y, "layernorm y")
+    close(gmean, mean, "layernorm mean", np.float32)
+    close(grstd, rstd, "layernorm rstd", np.float32)
+    close(fused.layernorm_backward_input(gdy, gx, gweight, gmean, grstd),
+          fused.layernorm_backward_input(dy, x, weight, mean, rstd), "layernorm dx")
+    dweight, dbias = np.zeros(columns, np.float32), np.zeros(columns, np.float32)
+    gdweight, gdbias = cupy.asarray(dweight), cupy.asarray(dbias)
+    fused.layernorm_backward_weight(dy, x, mean, rstd, dweight, dbias)
+    fused.layernorm_backward_weight(gdy, gx, gmean, grstd, gdweight, gdbias)
+    np.testing.assert_allclose(cupy.asnumpy(gdweight), dweight, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(cupy.asnumpy(gdbias), dbias, rtol=1e-4, atol=1e-4)
+    logits = x.reshape(-1, columns)
+    targets = rng.integers(0, columns, size=logits.shape[0])
+    targets[::4] = IGNORE
+    gtargets = cupy.asarray(targets)
+    loss, probs = fused.cross_entropy_forward(logits, targets, IGNORE, 9.0)
+    gloss, gprobs = fused.cross_entropy_forward(cupy.asarray(logits), gtargets, IGNORE, 9.0)
+    np.testing.assert_allclose(float(gloss), float(loss), rtol=1e-5)
+    np.testing.assert_allclose(cupy.asnumpy(gprobs), probs, rtol=1e-5, atol=1e-7)
+    close(fused.cross_entropy_backward(gprobs, gtargets, IGNORE, 9.0, 0.5, dtype),
+          fused.cross_entropy_backward(probs, targets, IGNORE, 9.0, 0.5, dtype), "dlogits")
 
 
 @pytest.mark.gpu

@@ -98,7 +98,7 @@ class Rule:
 
 
 BOTTOM = ("mpipipe.errors", "mpipipe.tokens", "mpipipe.microbatch", "mpipipe.recompute_policy",
-          "mpipipe.cost_modes")
+          "mpipipe.cost_modes", "mpipipe.precision")
 MPI_ARRAYS_PLOTS = ("mpi4py", "numpy", "cupy", "cupyx", "h5py", "matplotlib")
 
 RULES = [

@@ -15,7 +15,7 @@ from mpipipe.plots import (
     read_run,
 )
 from mpipipe.plots.breakdown import measured_rows, rank_times
-from mpipipe.plots.loss import running_mean
+from mpipipe.plots.loss import draw_loss, running_mean
 from mpipipe.plots.timeline import seconds_by_rank, step_intervals, traced_steps
 from mpipipe.schedules import build_schedule
 from mpipipe.schedules.ops import OpType
@@ -28,6 +28,8 @@ SMALL_BITPIPE = [
     "--set", "model.n_layer=8", "--set", "model.d_model=32", "--set", "model.seq_len=16",
     "--set", "data.source=random", "--set", "parallel.schedule=bitpipe",
     "--set", f"parallel.microbatches={MICROBATCHES}", "--set", f"train.steps={STEPS}",
+    "--set", "data.eval_fraction=0.1", "--set", "train.eval_every=2",
+    "--set", "train.eval_batches=1",
 ]
 
 
@@ -105,6 +107,20 @@ def test_plot_command_writes_three_readable_pngs(run_dir, tmp_path, capsys):
         colourful = pixels.max(axis=1) - pixels.min(axis=1) > 0.15
         assert 0.002 < colourful.mean() < 0.9, (name, colourful.mean())  # drawn, not blank
     assert capsys.readouterr().out.count("wrote ") == 3
+
+
+def test_eval_loss_is_in_the_metrics_and_drawn_beside_the_training_loss(run_dir):
+    rows = read_run(str(run_dir)).rows
+    evaluated = [(row["step"], row["eval_loss"]) for row in rows if "eval_loss" in row]
+    assert [step for step, _ in evaluated] == [1, 3]  # after steps 2 and 4
+    assert all(loss > 0 for _, loss in evaluated)
+    figure = draw_loss(rows, "run")
+    loss_axes = figure.axes[0]
+    drawn = [line for line in loss_axes.get_lines() if "held-out" in str(line.get_label())]
+    assert len(drawn) == 1
+    assert list(drawn[0].get_xdata()) == [1, 3]
+    assert list(drawn[0].get_ydata()) == [loss for _, loss in evaluated]
+    assert f"held-out {evaluated[-1][1]:.3f}" in loss_axes.get_title()
 
 
 def test_run_without_trace_gets_loss_and_breakdown_only(run_dir, tmp_path):

@@ -34,11 +34,12 @@ from mpipipe.config.schema import (
 )
 from mpipipe.config.validate import validate_config
 from mpipipe.cost_modes import COST_MODES
-from mpipipe.data import build_batcher
+from mpipipe.data import Batcher, build_batcher
 from mpipipe.errors import UsageError
 from mpipipe.models.model import BUILDERS, build_model
 from mpipipe.optim import build_optimizer, learning_rate
 from mpipipe.plan import plan_run
+from mpipipe.precision import PRECISIONS, Precision
 from mpipipe.schedules import SCHEDULE_FILE_SUFFIX, SCHEDULE_KINDS, OpCosts, build_schedule
 from mpipipe.schedules.csv_io import from_csv, to_csv
 from mpipipe.schedules.partition import PARTITION_METHODS
@@ -214,12 +215,14 @@ RULES = [
             configured("model.kind=t5"),
             configured("parallel.partition=greedy"),
             configured("checkpoint.parallel=maybe"),
+            configured("runtime.precision=fp8"),
         ),
         (
             lambda: select_backend("tpu", "float32"),
             lambda: select_backend("cpu", "float16"),
             lambda: build_model(replace(ModelConfig(), kind="t5")),
             lambda: use_parallel_hdf5("maybe"),
+            lambda: Precision.of("fp8", np.float32),
         ),
     ),
     Rule(
@@ -268,6 +271,44 @@ RULES = [
         ("plan.py", "choose_schedule"),
         (planned_with_a_file("parallel.microbatches=2"),),
         (lambda: from_csv(ONE_F_ONE_B),),
+    ),
+    Rule(
+        "a 2-byte or TF32 compute type keeps float32 master weights",
+        configured("runtime.precision=fp16", "runtime.dtype=float64"),
+        "runtime.precision = 'fp16' keeps float32 master weights but runtime.dtype = 'float64': "
+        "set runtime.dtype = 'float32', or runtime.precision = 'fp32' to compute in float64",
+        "keeps float32 master weights",
+        ("config/validate.py", "_check_precision"),
+        (configured("runtime.precision=bf16", "runtime.dtype=float64"),
+         configured("runtime.precision=tf32", "runtime.dtype=float64")),
+        (lambda: Precision.of("fp16", np.float64),),
+    ),
+    Rule(
+        "evaluation needs held-out data",
+        configured("train.eval_every=10"),
+        "train.eval_every = 10 evaluates on held-out data but data.eval_fraction = 0.0: set "
+        "data.eval_fraction to a share in (0, 0.5], e.g. 0.05, or train.eval_every = 0",
+        "evaluates on held-out data",
+        ("config/validate.py", "_check_evaluation"),
+        (configured("train.eval_every=1", "data.eval_fraction=0"),
+         lambda tmp_path: validate_config(load_config(None, []), evaluating=True)),
+        (),
+    ),
+    Rule(
+        "the held-out windows fill at least one micro-batch",
+        npy_batcher(np.zeros(1000, dtype=np.uint16), "data.eval_fraction=0.5",
+                    "data.microbatch_size=16"),
+        "data.eval_fraction = 0.5 holds out 7 window(s) of 65 tokens of the 1000 of data.path "
+        "'{tmp_path}/tokens.npy', fewer than one micro-batch (data.microbatch_size = 16): raise "
+        "data.eval_fraction, or use a longer corpus or a smaller model.seq_len",
+        "fewer than one micro-batch",
+        ("data/__init__.py", "_check_held_out"),
+        (batcher_of("data.source=random", "data.eval_fraction=0.000001"),
+         npy_batcher(np.zeros(100, dtype=np.uint16), "data.eval_fraction=0.5",
+                     "model.seq_len=8")),
+        (lambda: Batcher(np.zeros(100, np.uint16), kind="gpt", seq_len=64, microbatch_size=16,
+                         microbatches=1, replicas=1, seed=0, vocab_size=1,
+                         eval_fraction=0.5).held_out(1),),
     ),
 ]
 IDS = [rule.name for rule in RULES]
@@ -337,4 +378,5 @@ def test_choices_are_the_tables_of_the_layers_that_implement_them():
     assert tuple(BUILDERS) == MODEL_KINDS
     assert choices(RuntimeConfig, "device") is DEVICES
     assert choices(RuntimeConfig, "dtype") == tuple(DTYPES)
+    assert choices(RuntimeConfig, "precision") is PRECISIONS
     assert choices(CheckpointConfig, "parallel") is AUTO_YES_NO

@@ -15,6 +15,11 @@
                              the costs and cap the order was planned for (plan_record.py)
     stage_layers             (stages, 2) array: each stage's [first, last + 1) layer
     dtype, model, parameters float type, model kind, logical parameter count
+    precision                runtime.precision (the master weights are `dtype`)
+    eval_split               the held-out split (data.eval_fraction, blocks, ranges, windows)
+
+/optim carries fp16's loss scale (`loss_scale`, `loss_scale_good_steps`)
+beside the optimizer's step count.
 
 There is no RNG state beyond the seed: initial values and every batch are
 pure functions of (seed, global layer index) and (seed, global sample id),
@@ -50,6 +55,7 @@ def data_identity(config: Config) -> str:
         "data.dataset": config.data.dataset,
         "data.mask_prob": config.data.mask_prob,
         "data.min_fill": config.data.min_fill,
+        "data.eval_fraction": config.data.eval_fraction,
         "train.seed": config.train.seed,
         "samples_per_step": samples_per_step(config),
     }
@@ -63,6 +69,12 @@ def schedule_summary(plan: RunPlan) -> str:
         f"kind={schedule.kind} ranks={schedule.ranks} microbatches={schedule.microbatches} "
         f"data_parallel={parallel.data_parallel}{options}"
     )
+
+
+def split_description(plan: RunPlan) -> str:
+    """The held-out split of the run's data, or 'none'."""
+    split = getattr(plan.batcher, "split", None)
+    return "none" if split is None or not split.eval_runs else split.describe()
 
 
 def root_attributes(plan: RunPlan, step: int, dtype) -> dict[str, object]:
@@ -85,6 +97,8 @@ def root_attributes(plan: RunPlan, step: int, dtype) -> dict[str, object]:
         **plan_attributes(plan.schedule),
         "stage_layers": np.asarray(spans, dtype=np.int64).reshape(-1, 2),
         "dtype": np.dtype(dtype).name,
+        "precision": config.runtime.precision,
+        "eval_split": split_description(plan),
         "model": plan.model.kind,
         "parameters": np.int64(parameters),
     }

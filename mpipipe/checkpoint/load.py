@@ -210,7 +210,12 @@ def load_checkpoint(state: RunState, path: str) -> LoadedCheckpoint:
                     read_verified(file, path, state_dataset(state_name, key))
                 )
         step = int(file.attrs["step"])
-        step_count = int(file[OPTIM_GROUP].attrs["step_count"])
+        optim_attributes = file[OPTIM_GROUP].attrs
+        step_count = int(optim_attributes["step_count"])
+        scaler = state.scaler
+        if scaler is not None and scaler.enabled and "loss_scale" in optim_attributes:
+            scaler.scale = float(optim_attributes["loss_scale"])
+            scaler.good_steps = int(optim_attributes["loss_scale_good_steps"])
         data = str(file.attrs.get("data", ""))
     optimizer.step_count = step_count
     return LoadedCheckpoint(path, step, data, data == data_identity(state.plan.config), change)

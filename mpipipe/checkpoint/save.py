@@ -42,6 +42,7 @@ from mpipipe.checkpoint.layout import file_dtype
 from mpipipe.checkpoint.writers import FilePlan, nbytes, write_gathered, write_parallel
 from mpipipe.config.schema import AUTO_YES_NO
 from mpipipe.errors import UsageError
+from mpipipe.optim.loss_scale import LossScaler
 from mpipipe.plan import RunPlan
 from mpipipe.runtime.failure import CollectiveStop
 from mpipipe.runtime.faults import NO_FAULTS, FaultHooks
@@ -67,6 +68,7 @@ class RunState:
     store: ParamStore
     optimizer: object
     step: int  # optimizer steps done
+    scaler: LossScaler | None = None  # fp16's loss scale, saved beside the optimizer state
 
 
 @dataclass
@@ -219,12 +221,20 @@ def _file_plan(state: RunState, held_by_rank: list[list]) -> FilePlan:
     return FilePlan(
         dtype=dtype,
         attributes=root_attributes(state.plan, state.step, dtype),
-        optim_attributes={
-            "name": state.plan.config.optim.name,
-            "step_count": np.int64(state.optimizer.step_count),
-        },
+        optim_attributes=_optim_attributes(state),
         entries=plan_entries(shapes, writers, type(state.optimizer).STATE_NAMES),
     )
+
+
+def _optim_attributes(state: RunState) -> dict[str, object]:
+    attributes = {
+        "name": state.plan.config.optim.name,
+        "step_count": np.int64(state.optimizer.step_count),
+    }
+    if state.scaler is not None and state.scaler.enabled:
+        attributes["loss_scale"] = np.float64(state.scaler.scale)
+        attributes["loss_scale_good_steps"] = np.int64(state.scaler.good_steps)
+    return attributes
 
 
 def _local_arrays(state: RunState, entries: list[Entry]) -> dict[str, object]:

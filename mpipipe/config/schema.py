@@ -4,7 +4,8 @@ Every key has a type, a default and a one-line help string (the `help`
 metadata), which `mpipipe config show` and the README's reference print.
 Cross-key constraints live in `mpipipe.config.validate`. Where a key names
 one of the things a lower layer implements (schedules, partition methods,
-model kinds, devices, float types, recompute policies), its choices are that layer's own table.
+model kinds, devices, float types, precisions, recompute policies), its choices are
+that layer's own table.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 from mpipipe.backend import DEVICES, DTYPES
 from mpipipe.cost_modes import COST_MODES
+from mpipipe.precision import PRECISIONS
 from mpipipe.recompute_policy import RECOMPUTE_POLICIES
 from mpipipe.schedules import SCHEDULE_FILE_SUFFIX, SCHEDULE_KINDS
 from mpipipe.schedules.partition import PARTITION_METHODS
@@ -83,6 +85,10 @@ class DataConfig:
         0.5, "BERT: shortest real length of a sequence, as a fraction of seq_len; rest is padding",
         minimum=0.0, maximum=1.0,
     )
+    eval_fraction: float = option(
+        0.0, "share of the corpus held out for evaluation, never trained on (0: none; at most "
+        "0.5)", minimum=0.0, maximum=0.5,
+    )
 
 
 @dataclass
@@ -120,6 +126,13 @@ class TrainConfig:
         0.0, "save a checkpoint and stop (exit 75) before this many seconds have passed; "
         "0: no limit", minimum=0.0,
     )
+    eval_every: int = option(
+        0, "steps between evaluations on the held-out data (data.eval_fraction); 0: never",
+        minimum=0,
+    )
+    eval_batches: int = option(
+        4, "global batches of held-out windows in one evaluation", minimum=1
+    )
 
 
 @dataclass
@@ -154,7 +167,18 @@ class ParallelConfig:
 @dataclass
 class RuntimeConfig:
     device: str = option("auto", "auto picks the GPU when CuPy sees one", DEVICES)
-    dtype: str = option("float32", "floating-point type", tuple(DTYPES))
+    dtype: str = option("float32", "floating-point type of the (master) weights", tuple(DTYPES))
+    precision: str = option(
+        "fp32", "compute type: fp32 (runtime.dtype), tf32 (float32 GEMMs on TF32 tensor cores), "
+        "fp16 (dynamic loss scaling) or bf16, both with float32 master weights", PRECISIONS,
+    )
+    loss_scale: float = option(
+        65536.0, "fp16: the first loss scale; halved on an overflow, doubled after "
+        "runtime.loss_scale_window good steps", minimum=1.0,
+    )
+    loss_scale_window: int = option(
+        2000, "fp16: good steps in a row before the loss scale doubles", minimum=1
+    )
     cuda_aware: str = option("auto", "pass GPU buffers to MPI directly", AUTO_YES_NO)
     timeout_s: float = option(
         300.0, "watchdog: end the job (exit 3) when a wait, or a set-up, save or load phase, "

@@ -12,17 +12,22 @@ from __future__ import annotations
 from mpipipe.config.schema import Config, ModelConfig
 from mpipipe.cost_modes import MEASURED
 from mpipipe.errors import UsageError
+from mpipipe.precision import BFLOAT16_PACKAGE, bfloat16_available
 from mpipipe.schedules import SCHEDULE_KINDS, check_constraints
 from mpipipe.tokens import BYTE_VOCAB_SIZE, special_tokens
 
 BYTE_SOURCES = ("stdlib", "text")
 
 
-def validate_config(config: Config, world_size: int | None = None) -> None:
-    """Raise UsageError for the first cross-key problem; `world_size`: MPI ranks of the job."""
+def validate_config(config: Config, world_size: int | None = None,
+                    evaluating: bool = False) -> None:
+    """Raise UsageError for the first cross-key problem; `world_size`: MPI ranks of the job;
+    `evaluating`: the run evaluates a checkpoint (`mpipipe eval`), so needs held-out data."""
     _check_heads(config)
     _check_vocabulary(config)
     _check_measured_costs(config)
+    _check_precision(config)
+    _check_evaluation(config, evaluating)
     parallel = config.parallel
     pipeline = parallel.pipeline
     if pipeline == 0 and world_size is not None:
@@ -69,6 +74,33 @@ def _check_measured_costs(config: Config) -> None:
         f"parallel.schedule is the file {parallel.schedule!r}, whose order is fixed: set "
         "parallel.costs = 'unit', or parallel.schedule to a schedule kind"
     )
+
+
+def _check_precision(config: Config) -> None:
+    runtime = config.runtime
+    if runtime.precision != "fp32" and runtime.dtype != "float32":
+        raise UsageError(
+            f"runtime.precision = {runtime.precision!r} keeps float32 master weights but "
+            f"runtime.dtype = {runtime.dtype!r}: set runtime.dtype = 'float32', or "
+            "runtime.precision = 'fp32' to compute in float64"
+        )
+    if runtime.precision == "bf16" and not bfloat16_available():
+        raise UsageError(
+            f"runtime.precision = 'bf16' needs the package {BFLOAT16_PACKAGE} for NumPy's "
+            f"bfloat16: pip install {BFLOAT16_PACKAGE} (or mpipipe[bf16]), or choose "
+            "runtime.precision = 'fp16'"
+        )
+
+
+def _check_evaluation(config: Config, evaluating: bool) -> None:
+    every, fraction = config.train.eval_every, config.data.eval_fraction
+    if (every or evaluating) and not fraction:
+        who = "mpipipe eval" if evaluating else f"train.eval_every = {every}"
+        instead = "" if evaluating else ", or train.eval_every = 0"
+        raise UsageError(
+            f"{who} evaluates on held-out data but data.eval_fraction = {fraction}: set "
+            f"data.eval_fraction to a share in (0, 0.5], e.g. 0.05{instead}"
+        )
 
 
 def _check_vocabulary(config: Config) -> None:

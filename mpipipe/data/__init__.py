@@ -15,6 +15,7 @@ from mpipipe.data.arrays import hdf5_tokens, npy_tokens, token_vocab_size
 from mpipipe.data.batches import Batcher, window_length
 from mpipipe.data.corpus import stdlib_corpus, text_corpus
 from mpipipe.data.random_tokens import random_tokens
+from mpipipe.data.split import split_corpus
 from mpipipe.errors import UsageError
 from mpipipe.tokens import BYTE_VOCAB_SIZE, special_tokens
 
@@ -33,7 +34,7 @@ def build_batcher(config: Config) -> Batcher:
         tokens, kind=model.kind, seq_len=model.seq_len, microbatch_size=data.microbatch_size,
         microbatches=config.parallel.microbatches, replicas=config.parallel.data_parallel,
         seed=config.train.seed, vocab_size=vocab_size, mask_prob=data.mask_prob,
-        min_fill=data.min_fill,
+        min_fill=data.min_fill, eval_fraction=data.eval_fraction,
     )
 
 
@@ -66,3 +67,25 @@ def _check_fits(tokens: np.ndarray, where: str, config: Config, vocab_size: int)
         raise UsageError(f"{where} has {len(tokens)} tokens, fewer than {formula} = {window}: use "
                          "a longer corpus or a smaller model.seq_len")
     check_vocabulary_fits(model, vocab_size, where)
+    _check_held_out(len(tokens), window, where, config)
+
+
+def _check_held_out(corpus_tokens: int, window: int, where: str, config: Config) -> None:
+    """data.eval_fraction holds out at least one micro-batch of windows, and leaves training
+    at least one window."""
+    data = config.data
+    if data.eval_fraction <= 0:
+        return
+    split = split_corpus(corpus_tokens, window, data.eval_fraction)
+    if split.eval_windows < data.microbatch_size:
+        raise UsageError(
+            f"data.eval_fraction = {data.eval_fraction} holds out {split.eval_windows} "
+            f"window(s) of {window} tokens of the {corpus_tokens} of {where}, "
+            f"fewer than one micro-batch (data.microbatch_size = {data.microbatch_size}): "
+            "raise data.eval_fraction, or use a longer corpus or a smaller model.seq_len"
+        )
+    if split.train_offsets < 1:
+        raise UsageError(
+            f"data.eval_fraction = {data.eval_fraction} leaves no training window of {window} "
+            f"tokens in {where}: lower data.eval_fraction or use a longer corpus"
+        )

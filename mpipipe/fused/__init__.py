@@ -12,6 +12,7 @@ from mpipipe.fused.layernorm import (
     layernorm_backward_weight,
     layernorm_forward,
 )
+from mpipipe.fused.matmul import matmul
 
 __all__ = [
     "adamw_update",
@@ -22,4 +23,5 @@ __all__ = [
     "layernorm_backward_input",
     "layernorm_backward_weight",
     "layernorm_forward",
+    "matmul",
 ]

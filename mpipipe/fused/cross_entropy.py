@@ -4,7 +4,9 @@ loss = sum over rows whose target is not `ignore_index` of
 -log softmax(logits)[target], divided by `normalizer` (the number of counted
 targets in the whole global batch, so micro-batch losses add up to the
 global mean). The forward keeps the probabilities; the backward turns them
-into dlogits in place.
+into dlogits in place. 2-byte logits compute in float32: the loss and the
+probabilities are float32, and the backward gives dlogits in the logits'
+type (`dtype`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpipipe.fused import cuda
+from mpipipe.precision import is_low, stats_dtype
 
 
 def cross_entropy_forward(logits2d, targets1d, ignore_index: int, normalizer: float):
@@ -19,6 +22,8 @@ def cross_entropy_forward(logits2d, targets1d, ignore_index: int, normalizer: fl
     _check_shapes(logits2d, targets1d, normalizer)
     if cuda.on_gpu(logits2d):
         return cuda.cross_entropy_forward(logits2d, targets1d, ignore_index, normalizer)
+    if is_low(logits2d.dtype):
+        logits2d = logits2d.astype(np.float32)
     vocab = logits2d.shape[1]
     counted = targets1d != ignore_index
     outside = counted & ((targets1d < 0) | (targets1d >= vocab))
@@ -40,20 +45,25 @@ def cross_entropy_forward(logits2d, targets1d, ignore_index: int, normalizer: fl
     return np.asarray(loss, dtype=logits2d.dtype), probs
 
 
-def cross_entropy_backward(probs2d, targets1d, ignore_index: int, normalizer: float, dloss=1.0):
+def cross_entropy_backward(probs2d, targets1d, ignore_index: int, normalizer: float, dloss=1.0,
+                           dtype=None):
     """dlogits = (probs - onehot(target)) * dloss / normalizer; 0 on ignored rows.
 
-    Overwrites `probs2d` and returns it.
+    `dtype` is the logits' type (default the probabilities'). Overwrites `probs2d`; returns
+    it, or its rounding to a 2-byte `dtype`.
     """
     _check_shapes(probs2d, targets1d, normalizer)
+    dtype = probs2d.dtype if dtype is None else np.dtype(dtype)
+    assert stats_dtype(dtype) == probs2d.dtype, (dtype, probs2d.dtype)
     if cuda.on_gpu(probs2d):
-        return cuda.cross_entropy_backward(probs2d, targets1d, ignore_index, normalizer, dloss)
+        return cuda.cross_entropy_backward(probs2d, targets1d, ignore_index, normalizer, dloss,
+                                           dtype)
     counted = targets1d != ignore_index
     rows = np.flatnonzero(counted)
     probs2d[rows, targets1d[rows]] -= 1.0
     probs2d[~counted] = 0.0
     probs2d *= float(dloss) / normalizer
-    return probs2d
+    return probs2d if dtype == probs2d.dtype else probs2d.astype(dtype)
 
 
 def _check_shapes(matrix, targets1d, normalizer: float) -> None:

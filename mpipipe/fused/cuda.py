@@ -1,19 +1,24 @@
 """Launch the CUDA kernels of kernels/*.cu (installed as mpipipe.cuda_kernels) on CuPy arrays.
 
 Each .cu file is compiled once per process with NVRTC through
-`cupy.RawModule` and cached. Kernels come in a `_float` and a `_double`
-flavour, picked from the arrays' dtype. Inputs are made C-contiguous;
-arrays updated in place must already be.
+`cupy.RawModule` and cached. Kernels come in `_float` and `_double`
+flavours and, where layers run them on activations, `_half` and
+`_bfloat16` ones, picked from the arrays' dtype. A 2-byte kernel computes
+in float32 and keeps its statistics (LayerNorm's mean and rstd, softmax
+probabilities, losses) and the gradients it adds to in float32. Inputs are
+made C-contiguous; arrays updated in place must already be.
 """
 
 from __future__ import annotations
 
 import math
 from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 
 from mpipipe.backend import array_module
+from mpipipe.precision import stats_dtype
 
 KERNEL_PACKAGE = "mpipipe.cuda_kernels"
 COMPILE_OPTIONS = ("--std=c++17",)
@@ -34,9 +39,18 @@ def on_gpu(array) -> bool:
     return array_module(array) is not np
 
 
+def kernel_folder():
+    """The installed kernel sources, or a source checkout's kernels/ (run without installing,
+    as jobs/local/gpu_check.sh does on a GPU node)."""
+    try:
+        return files(KERNEL_PACKAGE)
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "kernels"
+
+
 def kernel_source(stem: str) -> str:
     """The source of kernels/<stem>.cu with common.cuh pasted in, as NVRTC compiles it."""
-    kernels = files(KERNEL_PACKAGE)
+    kernels = kernel_folder()
     source = kernels.joinpath(f"{stem}.cu").read_text()
     # NVRTC sees a string, not a folder, so the shared header is inlined.
     return source.replace(INCLUDE_LINE, kernels.joinpath("common.cuh").read_text())
@@ -52,17 +66,21 @@ def _kernel(stem: str, name: str, dtype):
     return module.get_function(f"{name}_{_flavour(dtype)}")
 
 
+FLAVOURS = {"float32": "float", "float64": "double", "float16": "half", "bfloat16": "bfloat16"}
+
+
 def _flavour(dtype) -> str:
-    if dtype == np.float32:
-        return "float"
-    if dtype == np.float64:
-        return "double"
-    raise TypeError(f"fused CUDA kernels take float32 or float64 arrays, got {dtype}")
+    flavour = FLAVOURS.get(np.dtype(dtype).name)
+    if flavour is None:
+        raise TypeError(
+            f"fused CUDA kernels take float32, float64, float16 or bfloat16 arrays, got {dtype}"
+        )
+    return flavour
 
 
 def _scalar(value, dtype):
-    """A kernel scalar argument of the kernel's float type."""
-    return np.dtype(dtype).type(value)
+    """A kernel scalar argument of the type the kernel for `dtype` computes in."""
+    return stats_dtype(dtype).type(value)
 
 
 def _contiguous(dtype, *arrays):
@@ -130,8 +148,8 @@ def layernorm_forward(x, weight, bias, eps: float):
     x, weight, bias = _contiguous(x.dtype, x, weight, bias)
     columns = x.shape[-1]
     y = cupy.empty_like(x)
-    mean = cupy.empty(x.shape[:-1], dtype=x.dtype)
-    rstd = cupy.empty(x.shape[:-1], dtype=x.dtype)
+    mean = cupy.empty(x.shape[:-1], dtype=stats_dtype(x.dtype))
+    rstd = cupy.empty(x.shape[:-1], dtype=stats_dtype(x.dtype))
     if mean.size:
         kernel = _kernel("layernorm", "layernorm_forward", x.dtype)
         kernel(
@@ -145,7 +163,8 @@ def layernorm_forward(x, weight, bias, eps: float):
 def layernorm_backward_input(dy, x, weight, mean, rstd):
     import cupy
 
-    dy, x, weight, mean, rstd = _contiguous(x.dtype, dy, x, weight, mean, rstd)
+    dy, x, weight = _contiguous(x.dtype, dy, x, weight)
+    mean, rstd = _contiguous(stats_dtype(x.dtype), mean, rstd)
     columns = x.shape[-1]
     dx = cupy.empty_like(x)
     if mean.size:
@@ -161,22 +180,24 @@ def layernorm_backward_input(dy, x, weight, mean, rstd):
 def layernorm_backward_weight(dy, x, mean, rstd, dweight, dbias) -> None:
     import cupy
 
-    dy, x, mean, rstd = _contiguous(x.dtype, dy, x, mean, rstd)
-    _require_contiguous(x.dtype, dweight, dbias)
+    stats = stats_dtype(x.dtype)
+    dy, x = _contiguous(x.dtype, dy, x)
+    mean, rstd = _contiguous(stats, mean, rstd)
+    _require_contiguous(stats, dweight, dbias)
     columns = x.shape[-1]
     rows = mean.size
     if rows == 0:
         return
     tiles = min(math.ceil(rows / WEIGHT_ROWS_PER_TILE), MAX_WEIGHT_TILES)
-    partial_dweight = cupy.empty((tiles, columns), dtype=x.dtype)
-    partial_dbias = cupy.empty((tiles, columns), dtype=x.dtype)
+    partial_dweight = cupy.empty((tiles, columns), dtype=stats)
+    partial_dbias = cupy.empty((tiles, columns), dtype=stats)
     partials = _kernel("layernorm", "layernorm_weight_partials", x.dtype)
     partials(
         (math.ceil(columns / 32), tiles),
         (32, WEIGHT_TILE_ROWS),
         (partial_dweight, partial_dbias, dy, x, mean, rstd, np.int64(rows), np.int32(columns)),
     )
-    accumulate = _kernel("layernorm", "layernorm_weight_accumulate", x.dtype)
+    accumulate = _kernel("layernorm", "layernorm_weight_accumulate", stats)
     accumulate(
         (math.ceil(columns / ELEMENTWISE_THREADS),),
         (ELEMENTWISE_THREADS,),
@@ -190,8 +211,9 @@ def cross_entropy_forward(logits2d, targets1d, ignore_index: int, normalizer: fl
     (logits2d,) = _contiguous(logits2d.dtype, logits2d)
     targets1d = _targets(targets1d)
     rows, vocab = logits2d.shape
-    probs = cupy.empty_like(logits2d)
-    losses = cupy.zeros(rows, dtype=logits2d.dtype)
+    stats = stats_dtype(logits2d.dtype)
+    probs = cupy.empty((rows, vocab), dtype=stats)
+    losses = cupy.zeros(rows, dtype=stats)
     if rows:
         kernel = _kernel("cross_entropy", "cross_entropy_forward", logits2d.dtype)
         kernel(
@@ -199,23 +221,28 @@ def cross_entropy_forward(logits2d, targets1d, ignore_index: int, normalizer: fl
             (_row_threads(vocab, CROSS_ENTROPY_MAX_THREADS),),
             (probs, losses, logits2d, targets1d, np.int32(vocab), np.int64(ignore_index)),
         )
-    loss = (losses.sum(dtype=cupy.float64) / normalizer).astype(logits2d.dtype)
+    loss = (losses.sum(dtype=cupy.float64) / normalizer).astype(stats)
     return loss, probs
 
 
-def cross_entropy_backward(probs2d, targets1d, ignore_index: int, normalizer: float, dloss):
+def cross_entropy_backward(probs2d, targets1d, ignore_index: int, normalizer: float, dloss,
+                           dtype):
+    import cupy
+
     _require_contiguous(probs2d.dtype, probs2d)
     targets1d = _targets(targets1d)
     rows, vocab = probs2d.shape
+    # In place where the gradient has the probabilities' type, else a new 2-byte array.
+    dlogits = probs2d if np.dtype(dtype) == probs2d.dtype else cupy.empty(probs2d.shape, dtype)
     if rows:
-        kernel = _kernel("cross_entropy", "cross_entropy_backward", probs2d.dtype)
-        scale = _scalar(float(dloss) / normalizer, probs2d.dtype)
+        kernel = _kernel("cross_entropy", "cross_entropy_backward", dtype)
+        scale = _scalar(float(dloss) / normalizer, dtype)
         kernel(
             (rows,),
             (_row_threads(vocab, CROSS_ENTROPY_MAX_THREADS),),
-            (probs2d, targets1d, np.int32(vocab), np.int64(ignore_index), scale),
+            (dlogits, probs2d, targets1d, np.int32(vocab), np.int64(ignore_index), scale),
         )
-    return probs2d
+    return dlogits
 
 
 def adamw_update(

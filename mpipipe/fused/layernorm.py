@@ -5,7 +5,9 @@ llm.c does. The backward is split like every layer's: the input half
 returns dx, the weight half accumulates into dweight and dbias. The NumPy
 twin works in the input's own precision (NumPy sums rows pairwise, which
 keeps float32 accurate) and in place on as few temporaries as it can:
-LayerNorm is memory-bound.
+LayerNorm is memory-bound. A 2-byte x (with its 2-byte weight and bias)
+computes in float32: mean and rstd stay float32, y and dx are rounded back,
+and the weight gradients add into the float32 master gradients.
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from mpipipe.fused import cuda
+from mpipipe.precision import is_low
+
+
+def _as_float32(*arrays):
+    return [array.astype(np.float32) for array in arrays]
 
 
 def _row_dot(a, b):
@@ -24,6 +31,9 @@ def layernorm_forward(x, weight, bias, eps: float = 1e-5):
     """Return (y, mean, rstd); x: (..., C), weight and bias: (C,)."""
     if cuda.on_gpu(x):
         return cuda.layernorm_forward(x, weight, bias, eps)
+    if is_low(x.dtype):
+        y, mean, rstd = layernorm_forward(*_as_float32(x, weight, bias), eps)
+        return y.astype(x.dtype), mean, rstd
     channels = x.shape[-1]
     mean = x.mean(axis=-1)
     y = x - mean[..., None]
@@ -47,6 +57,8 @@ def layernorm_backward_input(dy, x, weight, mean, rstd):
     """dx from dy and the forward's x, mean and rstd."""
     if cuda.on_gpu(x):
         return cuda.layernorm_backward_input(dy, x, weight, mean, rstd)
+    if is_low(x.dtype):
+        return layernorm_backward_input(*_as_float32(dy, x, weight), mean, rstd).astype(x.dtype)
     channels = x.shape[-1]
     xhat = _normalised(x, mean, rstd)
     dxhat = dy * weight
@@ -66,6 +78,8 @@ def layernorm_backward_weight(dy, x, mean, rstd, dweight, dbias) -> None:
     if cuda.on_gpu(x):
         cuda.layernorm_backward_weight(dy, x, mean, rstd, dweight, dbias)
         return
+    if is_low(x.dtype):
+        dy, x = _as_float32(dy, x)
     channels = x.shape[-1]
     xhat = _normalised(x, mean, rstd).reshape(-1, channels)
     dy_rows = dy.reshape(-1, channels)

@@ -8,6 +8,9 @@ Blocked scores (future keys when causal, padded keys when ctx.attention_mask
 is given) are set to the float type's lowest value before the softmax, so
 their probability is exactly 0 and a row with every key blocked stays finite.
 Queries at padded positions still produce outputs; the loss ignores them.
+Under a 2-byte compute type the scores, the softmax and its backward are
+float32 (`stats_dtype`); the probabilities are rounded for the products
+with v.
 
 With keep_probabilities = False (the "attention" recompute policy) the cache
 drops `att`, the one (B, H, T, T) array, and the backward computes it again
@@ -20,9 +23,11 @@ import math
 from dataclasses import dataclass
 
 from mpipipe.backend import array_module
+from mpipipe.fused import matmul
 from mpipipe.layers.base import LayerCost, MicroBatch
 from mpipipe.layers.composite import Composite, scoped
 from mpipipe.layers.linear import Linear
+from mpipipe.precision import stats_dtype
 
 
 @dataclass(eq=False)
@@ -64,9 +69,10 @@ class Attention(Composite):
         return blocked
 
     def probabilities(self, xp, q, k, ctx: MicroBatch):
-        """softmax(q k^T / sqrt(D) + mask): (B, H, T, T), softmax over the keys, in place."""
+        """softmax(q k^T / sqrt(D) + mask): (B, H, T, T), softmax over the keys, in place
+        (float32 under a 2-byte compute type)."""
         batch, _, time, _ = q.shape
-        att = q @ k.swapaxes(-1, -2)
+        att = matmul(q, k.swapaxes(-1, -2), dtype=stats_dtype(q.dtype))
         att *= 1.0 / math.sqrt(self.head_size)
         blocked = self.blocked_keys(xp, batch, time, ctx)
         if blocked is not None:
@@ -83,8 +89,8 @@ class Attention(Composite):
         q, k, v = self.split_heads(qkv)
         att = self.probabilities(xp, q, k, ctx)
         # heads: (B, H, T, D) written straight into merged: (B, T, C)
-        merged = xp.empty((batch, time, channels), dtype=att.dtype)
-        xp.matmul(att, v, out=self.as_heads(merged))
+        merged = xp.empty((batch, time, channels), dtype=qkv.dtype)
+        matmul(att.astype(v.dtype, copy=False), v, out=self.as_heads(merged))
         y, proj_cache = self.sublayers["proj"].forward(scoped(params, "proj"), merged, ctx)
         kept = att if self.keep_probabilities else None
         return y, (qkv_cache, qkv, kept, merged, proj_cache, ctx)
@@ -102,16 +108,18 @@ class Attention(Composite):
             att = self.probabilities(xp, q, k, ctx)
         dqkv = xp.empty_like(qkv)  # (B, T, 3C)
         dq, dk, dv = self.split_heads(dqkv)
-        xp.matmul(att.swapaxes(-1, -2), dheads, out=dv)
-        datt = dheads @ v.swapaxes(-1, -2)  # (B, H, T, T)
+        stats = stats_dtype(qkv.dtype)
+        matmul(att.astype(v.dtype, copy=False).swapaxes(-1, -2), dheads, out=dv)
+        datt = matmul(dheads, v.swapaxes(-1, -2), dtype=stats)  # (B, H, T, T)
         # Softmax backward: dscore = att * (datt - sum_j att_j datt_j); the row sum
         # equals dheads . heads over D, far cheaper than over the T keys.
         row = (dmerged * merged).reshape(*merged.shape[:2], self.n_head, self.head_size)
-        datt -= row.sum(axis=-1).swapaxes(1, 2)[..., None]
+        datt -= row.sum(axis=-1, dtype=stats).swapaxes(1, 2)[..., None]
         datt *= att
         datt *= 1.0 / math.sqrt(self.head_size)
-        xp.matmul(datt, k, out=dq)
-        xp.matmul(datt.swapaxes(-1, -2), q, out=dk)
+        dscores = datt.astype(q.dtype, copy=False)
+        matmul(dscores, k, out=dq)
+        matmul(dscores.swapaxes(-1, -2), q, out=dk)
         dx, wcaches["qkv"] = self.sublayers["qkv"].backward_input(
             scoped(params, "qkv"), dqkv, qkv_cache
         )

@@ -33,12 +33,12 @@ class CrossEntropy(Layer):
         loss, probs = cross_entropy_forward(
             x.reshape(-1, self.vocab_size), targets, self.ignore_index, normalizer
         )
-        return loss, (probs, targets, normalizer, x.shape)
+        return loss, (probs, targets, normalizer, x.shape, x.dtype)
 
     def backward_input(self, params: dict, dy, cache):
-        probs, targets, normalizer, shape = cache
+        probs, targets, normalizer, shape, dtype = cache
         # The fused backward overwrites probs: one backward per forward.
-        dlogits = cross_entropy_backward(probs, targets, self.ignore_index, normalizer, dy)
+        dlogits = cross_entropy_backward(probs, targets, self.ignore_index, normalizer, dy, dtype)
         return dlogits.reshape(shape), None
 
     def cost(self, microbatch_size: int, seq_len: int, itemsize: int) -> LayerCost:

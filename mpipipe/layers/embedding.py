@@ -55,8 +55,10 @@ class Embedding(Layer):
 
     def backward_weight(self, grads: dict, wcache) -> None:
         tokens, dy = wcache
-        grads["wpe"][: tokens.shape[1]] += dy.sum(axis=0)
-        scatter_add_rows(grads["wte"], tokens.reshape(-1), dy.reshape(-1, self.channels))
+        wpe, wte = grads["wpe"], grads["wte"]
+        wpe[: tokens.shape[1]] += dy.sum(axis=0, dtype=wpe.dtype)
+        rows = dy.reshape(-1, self.channels).astype(wte.dtype, copy=False)
+        scatter_add_rows(wte, tokens.reshape(-1), rows)
 
     def cost(self, microbatch_size: int, seq_len: int, itemsize: int) -> LayerCost:
         elements = float(microbatch_size * seq_len * self.channels)

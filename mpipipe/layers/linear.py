@@ -1,7 +1,9 @@
 """Fully connected layer: y = x @ W + b, with W stored (in, out).
 
 Every product is one 2-D GEMM on the (rows, features) view of the input,
-rows = every leading axis flattened (B * T for a sequence batch).
+rows = every leading axis flattened (B * T for a sequence batch). The
+weight gradients are computed and summed in the gradient buffers' type
+(float32 master gradients under a 2-byte compute type).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpipipe.fused import matmul
 from mpipipe.layers.base import Layer, LayerCost, MicroBatch
 
 
@@ -37,22 +40,23 @@ class Linear(Layer):
 
     def forward(self, params: dict, x, ctx: MicroBatch):
         # x: (..., in) -> y: (..., out)
-        y = x.reshape(-1, self.in_features) @ params["weight"]
+        y = matmul(x.reshape(-1, self.in_features), params["weight"])
         if self.bias:
             y += params["bias"]
         return y.reshape(*x.shape[:-1], self.out_features), x
 
     def backward_input(self, params: dict, dy, cache):
         x = cache
-        dx = dy.reshape(-1, self.out_features) @ params["weight"].T
+        dx = matmul(dy.reshape(-1, self.out_features), params["weight"].T)
         return dx.reshape(x.shape), (x, dy)
 
     def backward_weight(self, grads: dict, wcache) -> None:
         x, dy = wcache
         dy2d = dy.reshape(-1, self.out_features)
-        grads["weight"] += x.reshape(-1, self.in_features).T @ dy2d
+        weight = grads["weight"]
+        weight += matmul(x.reshape(-1, self.in_features).T, dy2d, dtype=weight.dtype)
         if self.bias:
-            grads["bias"] += dy2d.sum(axis=0)
+            grads["bias"] += dy2d.sum(axis=0, dtype=grads["bias"].dtype)
 
     def cost(self, microbatch_size: int, seq_len: int, itemsize: int) -> LayerCost:
         rows = microbatch_size * seq_len

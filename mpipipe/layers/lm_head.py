@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpipipe.fused import matmul
 from mpipipe.layers.base import Layer, LayerCost, MicroBatch
 
 EMBEDDING_LAYER_INDEX = 0
@@ -48,22 +49,23 @@ class LMHead(Layer):
 
     def forward(self, params: dict, x, ctx: MicroBatch):
         # x: (B, T, C) -> logits: (B, T, V)
-        logits = x.reshape(-1, self.channels) @ self.weight_in_out(params)
+        logits = matmul(x.reshape(-1, self.channels), self.weight_in_out(params))
         return logits.reshape(*x.shape[:-1], self.vocab_size), x
 
     def backward_input(self, params: dict, dy, cache):
         x = cache
-        dx = dy.reshape(-1, self.vocab_size) @ self.weight_in_out(params).T
+        dx = matmul(dy.reshape(-1, self.vocab_size), self.weight_in_out(params).T)
         return dx.reshape(x.shape), (x, dy)
 
     def backward_weight(self, grads: dict, wcache) -> None:
         x, dy = wcache
         x2d = x.reshape(-1, self.channels)
         dy2d = dy.reshape(-1, self.vocab_size)
+        weight = grads["weight"]
         if self.tie_embeddings:
-            grads["weight"] += dy2d.T @ x2d  # (V, C), the embedding's layout
+            weight += matmul(dy2d.T, x2d, dtype=weight.dtype)  # (V, C), the embedding's layout
         else:
-            grads["weight"] += x2d.T @ dy2d  # (C, V)
+            weight += matmul(x2d.T, dy2d, dtype=weight.dtype)  # (C, V)
 
     def cost(self, microbatch_size: int, seq_len: int, itemsize: int) -> LayerCost:
         rows = microbatch_size * seq_len

@@ -1,8 +1,11 @@
-"""The loss curve: every step's loss, its running mean, and the learning rate below."""
+"""The loss curve: every step's loss, its running mean, the held-out loss of each evaluation
+(`eval_loss`, where the run evaluated), and the learning rate below."""
 
 from __future__ import annotations
 
 from mpipipe.plots.style import COMPUTE_COLOUR, load_pyplot, tidy
+
+EVAL_COLOUR = "#dd8452"
 
 
 def running_mean(values: list[float], window: int) -> list[float]:
@@ -43,8 +46,17 @@ def draw_loss(rows: list[dict], title: str):
             *zip(*skipped, strict=True), marker="x", color="#c44e52", zorder=3,
             label="step skipped (non-finite)",
         )
-    loss_axes.set_ylabel("training loss")
-    loss_axes.set_title(f"{title}: loss {losses[0]:.3f} → {losses[-1]:.3f} in {len(rows)} steps")
+    evaluated = [(row["step"], row["eval_loss"]) for row in rows if "eval_loss" in row]
+    if evaluated:
+        loss_axes.plot(
+            *zip(*evaluated, strict=True), color=EVAL_COLOUR, marker="o", markersize=4,
+            linewidth=1.5, label="held-out loss (eval_loss)",
+        )
+    loss_axes.set_ylabel("loss")
+    final_eval = f", held-out {evaluated[-1][1]:.3f}" if evaluated else ""
+    loss_axes.set_title(
+        f"{title}: loss {losses[0]:.3f} → {losses[-1]:.3f} in {len(rows)} steps{final_eval}"
+    )
     loss_axes.legend(frameon=False)
     loss_axes.grid(alpha=0.3)
     lr_axes.plot(steps, [row["lr"] for row in rows], color="#55a868", linewidth=1.5)

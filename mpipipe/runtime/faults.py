@@ -9,6 +9,7 @@ makes world rank R misbehave during step S (0-based):
 - hang:      stop making progress in the middle of the step (sleeps forever)
 - withhold:  silently drop its first outgoing message of the step
 - nan:       poison a gradient with NaN in the middle of the step
+- overflow:  make a gradient infinite in the middle of the step (what fp16 overflow does)
 - pause-in-save: stop forever inside the checkpoint save of that step
 - ACTION-in-PLACE, in a named phase outside the step (PLACES below; step=S
   is the save's step, 0 for set-up): pause (sleep forever) or stop (SIGSTOP
@@ -36,7 +37,7 @@ from mpipipe.errors import UsageError
 ENVIRONMENT_VARIABLE = "MPIPIPE_FAULT"
 # Named points outside the step: set-up, and the phases of a checkpoint save.
 PLACES = ("setup", "save-open", "save-write", "save-gather", "save-close", "rename")
-KINDS = ("raise", "kill", "hang", "withhold", "nan", "pause-in-save",
+KINDS = ("raise", "kill", "hang", "withhold", "nan", "overflow", "pause-in-save",
          *(f"{action}-in-{place}" for action in ("pause", "stop", "fail", "fill")
            for place in PLACES))
 FILLER = ".mpipipe-fill"  # the file a fill fault grows until the disk is full
@@ -121,6 +122,8 @@ class FaultInjector(FaultHooks):
             _sleep_forever()
         if self._armed("nan", step) and store.buckets:
             store.buckets[0].grad[0] = float("nan")
+        if self._armed("overflow", step) and store.buckets:
+            store.buckets[0].grad[0] = float("inf")
 
     def withhold_send(self, step: int) -> bool:
         """True once: the first message of the armed step is dropped."""

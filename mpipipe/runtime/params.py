@@ -10,6 +10,12 @@ get weight decay) come first, then vectors (which do not).
 
 Every rank derives the same bucket list from the model, the partition and
 the placement, so the communicators built for it match across ranks.
+
+Mixed precision (mpipipe.precision): `param` is the master copy (float32)
+the optimizer updates and checkpoints hold, `grad` its float32 gradient;
+`working` is the copy in the compute type (float16, bfloat16) that the
+layers read, cast from `param` after every change (`refresh_working`). When
+the two types agree, `working` is `param` itself and nothing is copied.
 """
 
 from __future__ import annotations
@@ -49,8 +55,9 @@ class Bucket:
     offsets: dict[ParamKey, int]
     decay_size: int  # elements [0, decay_size) get weight decay
     world_members: list[int]  # every world rank holding a copy
-    param: object = None
-    grad: object = None
+    param: object = None  # master weights
+    grad: object = None  # their gradient, in the master type
+    working: object = None  # the compute-type copy the layers read (param itself in fp32)
 
     @property
     def size(self) -> int:
@@ -114,8 +121,10 @@ class ParamStore:
     layout: ParamLayout
     buckets: list[Bucket]
     backend: Backend
-    params: dict[ParamKey, object] = field(default_factory=dict)
+    compute_dtype: np.dtype | None = None  # the layers' type; None: the backend's
+    params: dict[ParamKey, object] = field(default_factory=dict)  # master views
     grads: dict[ParamKey, object] = field(default_factory=dict)
+    working: dict[ParamKey, object] = field(default_factory=dict)  # compute-type views
 
     @classmethod
     def create(
@@ -126,7 +135,9 @@ class ParamStore:
         grid: ProcessGrid,
         backend: Backend,
         seed: int,
+        compute_dtype=None,
     ) -> ParamStore:
+        """This rank's buckets, initialised; `compute_dtype` is the working copies' type."""
         layout = ParamLayout.build(model.layers, stage_layers)
         my_stages = {stage for _, stage in placement.chunks_on(grid.pipe_rank)}
         buckets = []
@@ -140,19 +151,27 @@ class ParamStore:
                 for pipe_rank in pipe_ranks
             )
             buckets.append(_new_bucket(index, stages, keys, layout.shapes, members))
-        store = cls(layout=layout, buckets=buckets, backend=backend)
+        compute = None if compute_dtype is None else np.dtype(compute_dtype)
+        store = cls(layout=layout, buckets=buckets, backend=backend, compute_dtype=compute)
         store._allocate()
         store._initialise(model, seed)
+        store.refresh_working()
         return store
 
     def _allocate(self) -> None:
         xp, dtype = self.backend.xp, self.backend.dtype
+        compute = self.compute_dtype
         for bucket in self.buckets:
             bucket.param = xp.zeros(bucket.size, dtype=dtype)
             bucket.grad = xp.zeros(bucket.size, dtype=dtype)
+            if compute is None or compute == np.dtype(dtype):
+                bucket.working = bucket.param
+            else:
+                bucket.working = xp.zeros(bucket.size, dtype=compute)
             for key in bucket.keys:
                 self.params[key] = bucket.view(bucket.param, key)
                 self.grads[key] = bucket.view(bucket.grad, key)
+                self.working[key] = bucket.view(bucket.working, key)
 
     def _initialise(self, model, seed: int) -> None:
         owner_layers = sorted({index for index, _ in self.params})
@@ -161,8 +180,16 @@ class ParamStore:
             if key in self.params:
                 self.params[key][...] = self.backend.asarray(value)
 
+    def refresh_working(self) -> None:
+        """Cast the master weights into the working copies (after an update or a load)."""
+        for bucket in self.buckets:
+            if bucket.working is not bucket.param:
+                bucket.working[...] = bucket.param
+
     def layer_params(self, layer_index: int) -> dict[str, object]:
-        return {name: self.params[key] for name, key in self.layout.layer_keys[layer_index].items()}
+        """The weights layer `layer_index` computes with: the working (compute-type) views."""
+        keys = self.layout.layer_keys[layer_index]
+        return {name: self.working[key] for name, key in keys.items()}
 
     def layer_grads(self, layer_index: int) -> dict[str, object]:
         return {name: self.grads[key] for name, key in self.layout.layer_keys[layer_index].items()}

@@ -17,6 +17,7 @@ from mpipipe.schedules.lowering import Transfer
 @dataclass
 class StepState:
     step: int
+    source: object  # the MicroBatchSource of this step's micro-batches
     contexts: dict[int, MicroBatch] = field(default_factory=dict)  # by micro-batch
     caches: dict[ChunkKey, object] = field(default_factory=dict)  # forward, awaiting backward
     weight_caches: dict[ChunkKey, object] = field(default_factory=dict)  # I half, awaiting W

@@ -1,8 +1,11 @@
 """What one step reports: each rank's row of numbers, and their sum over ranks.
 
 After its last op every rank contributes one row (its loss share, squared
-gradient norm of the buckets it owns, timings, peak, whether it was asked to
-stop); a single allgather of the rows gives every rank the same `StepStats`.
+gradient norm of the buckets it owns, whether any gradient it holds is not
+finite, timings, peak, whether it was asked to stop); a single allgather of
+the rows gives every rank the same `StepStats`. The overflow flag is how
+fp16's loss scaling learns, on every rank alike, that some rank's
+gradients overflowed.
 """
 
 from __future__ import annotations
@@ -12,18 +15,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_LOSS, _SQUARED_NORM, _FIRST_START, _LAST_END, _COMPUTE, _WAIT, _PEAK, _STOP = range(8)
-COLUMNS = 8
+_LOSS, _SQUARED_NORM, _FIRST_START, _LAST_END, _COMPUTE, _WAIT, _PEAK, _STOP, _OVERFLOW = (
+    range(9)
+)
+COLUMNS = 9
 
 
 def stats_row(
     *, loss: float, squared_norm: float, first_start: float, last_end: float, compute_s: float,
-    wait_s: float, peak: int, stop_asked: bool,
+    wait_s: float, peak: int, stop_asked: bool, overflow: bool = False,
 ) -> np.ndarray:
     """One rank's contribution to the step's statistics."""
     row = np.zeros(COLUMNS)
     row[_LOSS] = loss
     row[_SQUARED_NORM] = squared_norm
+    row[_OVERFLOW] = float(overflow)
     row[_FIRST_START] = first_start
     row[_LAST_END] = last_end
     row[_COMPUTE] = compute_s
@@ -44,6 +50,7 @@ class StepStats:
     wait_s: list[float]  # per rank: time blocked on messages and syncs
     peak_activations: list[int]  # per rank: most micro-batch caches held at once
     stop_asked_on_some_rank: bool = False  # some rank was asked to stop during the step
+    overflow: bool = False  # some rank holds a gradient that is not finite
 
     @classmethod
     def from_rows(cls, table: np.ndarray) -> StepStats:
@@ -59,6 +66,7 @@ class StepStats:
             wait_s=table[:, _WAIT].tolist(),
             peak_activations=[int(value) for value in table[:, _PEAK]],
             stop_asked_on_some_rank=bool(table[:, _STOP].any()),
+            overflow=bool(table[:, _OVERFLOW].any()),
         )
 
     @property

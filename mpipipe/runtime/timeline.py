@@ -35,6 +35,10 @@ class Timeline:
         self.steps_recorded += 1
         self.recording = self.steps_recorded <= self.max_steps and step >= 0
 
+    def pause(self) -> None:
+        """Record nothing until the next step begins (an evaluation between steps)."""
+        self.recording = False
+
     def add(self, name: str, category: str, start: float, end: float) -> None:
         """Record one interval measured with MPI.Wtime on this rank."""
         if not self.recording:

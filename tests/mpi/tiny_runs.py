@@ -1,14 +1,21 @@
 """Tiny runs for the MPI tests: a config, a pipelined run on a sub-communicator,
-the single-process reference it must equal, and a barrier for the ranks left idle."""
+the single-process reference it must equal, and a barrier for the ranks left idle.
+
+MPIPIPE_TEST_DEVICE=gpu runs the pipelined side with CuPy on the GPU (every
+rank of a node on its GPU, several ranks sharing one), and
+MPIPIPE_TEST_CUDA_AWARE=yes hands MPI the device buffers directly
+(jobs/local/gpu_check.sh runs both ways); the reference stays on the CPU.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
 
-from mpipipe.backend import Backend
+from mpipipe.backend import Backend, select_backend
 from mpipipe.config.schema import Config
 from mpipipe.models.reference import loss_and_grads
 from mpipipe.optim import ParamGroup, build_optimizer, clip_coefficient, learning_rate
@@ -17,6 +24,8 @@ from mpipipe.runtime.params import weight_decay_applies
 from mpipipe.trainer import Trainer
 
 FLOAT64 = Backend(xp=np, dtype=np.float64, device="cpu")
+DEVICE = os.environ.get("MPIPIPE_TEST_DEVICE", "cpu")
+CUDA_AWARE = os.environ.get("MPIPIPE_TEST_CUDA_AWARE", "no") == "yes"
 IDLE_POLL_S = 0.01
 
 
@@ -26,6 +35,16 @@ def wait_for_every_rank(comm) -> None:
     request = comm.Ibarrier()
     while not request.Test():
         time.sleep(IDLE_POLL_S)
+
+
+def test_backend(dtype: str = "float64") -> Backend:
+    """The pipelined runs' backend: NumPy, or CuPy where MPIPIPE_TEST_DEVICE=gpu."""
+    if DEVICE == "cpu":
+        return FLOAT64 if dtype == "float64" else Backend(xp=np, dtype=np.float32, device="cpu")
+    return select_backend("gpu", dtype)
+
+
+test_backend.__test__ = False  # a helper, not a test
 
 
 def tiny_config(kind: str, schedule: str, pipeline: int, data_parallel: int, **overrides) -> Config:
@@ -43,7 +62,7 @@ def tiny_config(kind: str, schedule: str, pipeline: int, data_parallel: int, **o
     config.parallel.data_parallel = data_parallel
     config.parallel.microbatches = 2 * pipeline
     config.runtime.dtype = "float64"
-    config.runtime.device = "cpu"
+    config.runtime.device = DEVICE
     config.runtime.timeout_s = 60.0
     config.optim.warmup_steps = 1
     config.optim.weight_decay = 0.1
@@ -55,14 +74,31 @@ def tiny_config(kind: str, schedule: str, pipeline: int, data_parallel: int, **o
     return config
 
 
-def pipelined_run(config: Config, comm, steps: int, backend: Backend = FLOAT64, model=None):
+def pipelined_trainer(config: Config, comm, backend: Backend | None = None,
+                      model=None) -> Trainer:
+    """A trainer of `config` (and `model`, default the config's) on `comm`; `backend`
+    defaults to the test backend (MPIPIPE_TEST_DEVICE)."""
+    plan = plan_run(config, comm.Get_size(), comm.Get_rank(), model=model)
+    backend = backend or test_backend(config.runtime.dtype)
+    return Trainer(plan, comm=comm, backend=backend, out_dir=None, cuda_aware=CUDA_AWARE,
+                   verbose=False)
+
+
+def pipelined_run(config: Config, comm, steps: int, backend: Backend | None = None, model=None):
     """Train `steps` steps on `comm` (of `model`, default the config's); returns (plan,
     metrics rows, every rank's host params on root)."""
-    plan = plan_run(config, comm.Get_size(), comm.Get_rank(), model=model)
-    trainer = Trainer(plan, comm=comm, backend=backend, out_dir=None, verbose=False)
+    trainer = pipelined_trainer(config, comm, backend, model)
     rows = [trainer.train_step() for _ in range(steps)]
     gathered = comm.gather(trainer.store.host_params(), root=0)
-    return plan, rows, gathered
+    return trainer.plan, rows, gathered
+
+
+def reference_loss(model, params: dict, batch) -> float:
+    """The whole model's forward on `batch` in one process: its loss."""
+    x = batch.tokens
+    for index, layer in enumerate(model.layers):
+        x, _ = layer.forward(model.layer_arrays(params, index), x, batch)
+    return float(x)
 
 
 def reference_run(plan, steps: int):
