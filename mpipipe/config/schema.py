@@ -162,6 +162,11 @@ class ParallelConfig:
         3, "parallel.costs = 'measured': steps timed with the unit order before re-planning",
         minimum=1,
     )
+    zero: int = option(
+        0, "ZeRO stage: 1 shards the optimizer state (and fp16/bf16 master weights) over the "
+        "ranks holding the same stage (its data-parallel replicas, and BitPipe's mirror "
+        "pair); 0 keeps a whole copy on each", minimum=0, maximum=1,
+    )
 
 
 @dataclass

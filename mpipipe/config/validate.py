@@ -28,6 +28,7 @@ def validate_config(config: Config, world_size: int | None = None,
     _check_measured_costs(config)
     _check_precision(config)
     _check_evaluation(config, evaluating)
+    _check_zero(config)
     parallel = config.parallel
     pipeline = parallel.pipeline
     if pipeline == 0 and world_size is not None:
@@ -100,6 +101,16 @@ def _check_evaluation(config: Config, evaluating: bool) -> None:
         raise UsageError(
             f"{who} evaluates on held-out data but data.eval_fraction = {fraction}: set "
             f"data.eval_fraction to a share in (0, 0.5], e.g. 0.05{instead}"
+        )
+
+
+def _check_zero(config: Config) -> None:
+    parallel = config.parallel
+    if parallel.zero and parallel.data_parallel == 1:
+        raise UsageError(
+            f"parallel.zero = {parallel.zero} shards the optimizer state over data-parallel "
+            "replicas but parallel.data_parallel = 1: set parallel.data_parallel = 2 or more "
+            "(and launch that many times the pipeline's ranks), or parallel.zero = 0"
         )
 
 
