@@ -50,6 +50,7 @@ from mpipipe.plan import RunPlan
 from mpipipe.precision import Precision
 from mpipipe.progress import Progress
 from mpipipe.replanning import Replanning
+from mpipipe.runtime.ctrl_c import CTRL_C
 from mpipipe.runtime.failure import CollectiveStop
 from mpipipe.runtime.faults import faults_from_environment
 from mpipipe.runtime.params import ParamStore
@@ -292,6 +293,7 @@ class Trainer:
         rows = []
         while self.step < last:
             row = self.train_step()
+            CTRL_C.raise_if_pressed()
             rows.append(row)
             if progress is not None:
                 progress.update(row, last=self.step == last)

@@ -56,10 +56,16 @@ class JobResult:
         return self.stdout + self.stderr
 
 
+# Open MPI's mpirun waits this long (1 s by default) between its SIGTERM and SIGKILL to the
+# ranks of a job one of whose ranks exited non-zero, even when all have exited: a 2-rank
+# job whose ranks exit 2 at once took 2.1 s with it, 0.13 s without.
+NO_KILL_GRACE = {"OMPI_MCA_odls_base_sigkill_timeout": "0"}
+
+
 def rank_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment for a test job: one BLAS thread, progress as log lines, `env`."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-            "MPIPIPE_PROGRESS": "log", **(env or {})}
+            "MPIPIPE_PROGRESS": "log", **NO_KILL_GRACE, **(env or {})}
 
 
 def rank_command(ranks: int, args: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ watchdog's backstop bounds them.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from math import prod
 
@@ -48,44 +49,45 @@ def write_parallel(steps, plan: FilePlan, arrays: dict, faults: FaultHooks) -> N
     comm, step, partial = steps.comm, steps.step, steps.partial
     rank = comm.Get_rank()
     file, datasets, error = None, {}, None
-    faults.at("save-open", step)
-    try:
-        file = h5py.File(partial, "w", driver="mpio", comm=comm)
-        datasets = _lay_out(file, plan)
-        faults.fail("save-open", step)
-    except FILE_ERRORS as raised:
-        error = raised
-    steps.meet("opening", error, on_failure=lambda: _give_up(file, datasets))
-    checksums, error = {}, None
-    faults.at("save-write", step, partial)
-    try:
-        for entry in plan.entries:
-            if entry.writer == rank:
-                data = _host(arrays[entry.path], plan.dtype)
-                _write(datasets[entry.path], data, steps.watchdog)
-                checksums[entry.path] = checksum(data)
-        faults.fail("save-write", step)
-    except FILE_ERRORS as raised:
-        error = raised
-    faults.pause_point("save", step)
-    faults.at("save-gather", step)
-    # Attribute writes are collective: every rank needs every writer's checksum.
-    gathered = steps.meet("writing", error, checksums,
-                          on_failure=lambda: _give_up(file, datasets))
-    for their_checksums in gathered:
-        checksums.update(their_checksums)
-    error = None
-    faults.at("save-close", step)
-    try:
-        for entry in plan.entries:
-            datasets[entry.path].attrs[CHECKSUM_ATTRIBUTE] = np.uint32(checksums[entry.path])
-        file.flush()
-        file.close()
-        faults.fail("save-close", step)
-    except FILE_ERRORS as raised:
-        error = raised
-        _give_up(file, datasets)
-    steps.meet("closing", error)
+    with _closed_on_interrupt(lambda: file):
+        faults.at("save-open", step)
+        try:
+            file = h5py.File(partial, "w", driver="mpio", comm=comm)
+            datasets = _lay_out(file, plan)
+            faults.fail("save-open", step)
+        except FILE_ERRORS as raised:
+            error = raised
+        steps.meet("opening", error, on_failure=lambda: _give_up(file, datasets))
+        checksums, error = {}, None
+        faults.at("save-write", step, partial)
+        try:
+            for entry in plan.entries:
+                if entry.writer == rank:
+                    data = _host(arrays[entry.path], plan.dtype)
+                    _write(datasets[entry.path], data, steps.watchdog)
+                    checksums[entry.path] = checksum(data)
+            faults.fail("save-write", step)
+        except FILE_ERRORS as raised:
+            error = raised
+        faults.pause_point("save", step)
+        faults.at("save-gather", step)
+        # Attribute writes are collective: every rank needs every writer's checksum.
+        gathered = steps.meet("writing", error, checksums,
+                              on_failure=lambda: _give_up(file, datasets))
+        for their_checksums in gathered:
+            checksums.update(their_checksums)
+        error = None
+        faults.at("save-close", step)
+        try:
+            for entry in plan.entries:
+                datasets[entry.path].attrs[CHECKSUM_ATTRIBUTE] = np.uint32(checksums[entry.path])
+            file.flush()
+            file.close()
+            faults.fail("save-close", step)
+        except FILE_ERRORS as raised:
+            error = raised
+            _give_up(file, datasets)
+        steps.meet("closing", error)
 
 
 def write_gathered(steps, plan: FilePlan, arrays: dict, faults: FaultHooks) -> None:
@@ -119,45 +121,46 @@ def _write_alone(channel, steps, plan: FilePlan, arrays: dict, faults: FaultHook
     """
     step, watchdog = steps.step, steps.watchdog
     file, datasets, error = None, {}, None
-    faults.at("save-open", step)
-    try:
-        file = h5py.File(steps.partial, "w")
-        datasets = _lay_out(file, plan)
-        faults.fail("save-open", step)
-    except FILE_ERRORS as raised:
-        error = raised
-    faults.at("save-write", step, steps.partial)
-    for entry in plan.entries:
-        if entry.writer == 0:
-            data = _host(arrays[entry.path], plan.dtype)
-        else:
-            data = np.empty(entry.shape, dtype=plan.dtype)
-            request = channel.Irecv(data, source=entry.writer)
-            watchdog.wait(request.Test,
-                          f"waiting for dataset {entry.path} from rank {entry.writer}")
-            watchdog.progress()
-        if error is None:
-            try:
-                _write(datasets[entry.path], data, watchdog)
-                datasets[entry.path].attrs[CHECKSUM_ATTRIBUTE] = np.uint32(checksum(data))
-            except FILE_ERRORS as raised:
-                error = raised
-    try:
-        if error is None:
-            faults.fail("save-write", step)
-    except FILE_ERRORS as raised:
-        error = raised
-    faults.at("save-close", step)
-    try:
-        if file is not None:
-            file.close()
-        faults.fail("save-close", step)
-    except FILE_ERRORS as raised:
-        error = error or raised
-        _give_up(file, datasets)
-    if error is not None:
-        _give_up(file, datasets)
-    return error
+    with _closed_on_interrupt(lambda: file):
+        faults.at("save-open", step)
+        try:
+            file = h5py.File(steps.partial, "w")
+            datasets = _lay_out(file, plan)
+            faults.fail("save-open", step)
+        except FILE_ERRORS as raised:
+            error = raised
+        faults.at("save-write", step, steps.partial)
+        for entry in plan.entries:
+            if entry.writer == 0:
+                data = _host(arrays[entry.path], plan.dtype)
+            else:
+                data = np.empty(entry.shape, dtype=plan.dtype)
+                request = channel.Irecv(data, source=entry.writer)
+                watchdog.wait(request.Test,
+                              f"waiting for dataset {entry.path} from rank {entry.writer}")
+                watchdog.progress()
+            if error is None:
+                try:
+                    _write(datasets[entry.path], data, watchdog)
+                    datasets[entry.path].attrs[CHECKSUM_ATTRIBUTE] = np.uint32(checksum(data))
+                except FILE_ERRORS as raised:
+                    error = raised
+        try:
+            if error is None:
+                faults.fail("save-write", step)
+        except FILE_ERRORS as raised:
+            error = raised
+        faults.at("save-close", step)
+        try:
+            if file is not None:
+                file.close()
+            faults.fail("save-close", step)
+        except FILE_ERRORS as raised:
+            error = error or raised
+            _give_up(file, datasets)
+        if error is not None:
+            _give_up(file, datasets)
+        return error
 
 
 def _lay_out(file, plan: FilePlan) -> dict[str, object]:
@@ -187,6 +190,24 @@ def _write(dataset, data: np.ndarray, watchdog) -> None:
         selection = np.s_[start : min(start + step, rows)]
         dataset.write_direct(data, source_sel=selection, dest_sel=selection)
         watchdog.progress()
+
+
+@contextlib.contextmanager
+def _closed_on_interrupt(current_file):
+    """Ctrl-C while the file is open: close it, and with it every dataset, before going on.
+
+    Left to the garbage collector, the file can be freed before its datasets,
+    and HDF5 then prints "can't close file, there are objects still open"
+    tracebacks on the way out. `current_file()` gives the file opened so far, or None.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        file = current_file()
+        if file is not None and file.id.valid:
+            with contextlib.suppress(*FILE_ERRORS):
+                file.close()
+        raise
 
 
 def _give_up(file, datasets: dict) -> None:

@@ -112,6 +112,7 @@ def _run_under_mpi(args, config, backend, problem, phases) -> int:
         shared_memory_local_rank,
     )
     from mpipipe.run_folder import check_before_first_step, checkpoint_bytes
+    from mpipipe.runtime.ctrl_c import CTRL_C
     from mpipipe.runtime.rendezvous import Rendezvous
     from mpipipe.runtime.same_settings import job_settings, job_verdict
 
@@ -195,6 +196,8 @@ def _run_under_mpi(args, config, backend, problem, phases) -> int:
                 return EXIT_USAGE
         trainer.watchdog.install_signal_handler()
         signal.signal(signal.SIGTERM, lambda signum, frame: trainer.request_stop())
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored
+            CTRL_C.install()
         progress = Progress(config.train.steps, trainer.step, config.train.log_every, rank == 0)
         progress.message(_banner(plan, backend, comm.Get_size(), out_dir))
         try:

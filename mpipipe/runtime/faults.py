@@ -161,5 +161,7 @@ def _fill_file_system(path: str) -> None:
 
 
 def _sleep_forever() -> None:
+    # In short naps: a signal that another thread (one of MPI's) received is only
+    # handled once the main thread runs Python again, as Ctrl-C must be.
     while True:
-        time.sleep(3600)
+        time.sleep(0.1)
