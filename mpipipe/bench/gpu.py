@@ -40,6 +40,10 @@ class GpuSettings:
             n_head=self.n_head, d_model=self.d_model, tie_embeddings=False,
         )
 
+    @property
+    def tokens(self) -> int:
+        return self.microbatch_size * self.seq_len
+
 
 @dataclass
 class GpuModelResult:
@@ -175,7 +179,7 @@ def torch_model_seconds(settings: GpuSettings) -> float | None:
 
 def run_gpu_models(settings: GpuSettings) -> list[GpuModelResult]:
     rate = gemm_tflops(settings.repeats)
-    tokens = settings.microbatch_size * settings.seq_len
+    tokens = settings.tokens
     seconds, gflop = cupy_model_seconds(settings)
     results = [GpuModelResult("mpipipe (CuPy)", seconds, tokens, gflop, rate)]
     torch_seconds = torch_model_seconds(settings)
@@ -247,7 +251,7 @@ def run_fused(settings: GpuSettings) -> list[FusedResult]:
 
     from mpipipe import fused
 
-    rows, channels = settings.microbatch_size * settings.seq_len, settings.d_model
+    rows, channels = settings.tokens, settings.d_model
     repeats = settings.repeats
     hidden, dhidden = on_device((rows, 4 * channels), 1), on_device((rows, 4 * channels), 2)
     x, dy = on_device((rows, channels), 3), on_device((rows, channels), 4)

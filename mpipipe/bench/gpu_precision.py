@@ -26,10 +26,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mpipipe.bench.gpu import GEMM_SIZE, best_gpu_seconds, gpu_name, gpu_skip_reason
+from mpipipe.bench.gpu import (
+    GEMM_SIZE,
+    GpuSettings,
+    best_gpu_seconds,
+    gpu_name,
+    gpu_skip_reason,
+)
 from mpipipe.bench.optional import installed
 from mpipipe.bench.report import markdown_table
-from mpipipe.config.schema import ModelConfig
 from mpipipe.precision import PRECISIONS, Precision
 
 TORCH_AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}
@@ -37,24 +42,11 @@ FP16_LOSS_SCALE = 1024.0  # a fixed scale: the timing is the same as a dynamic o
 
 
 @dataclass
-class Shapes:
-    d_model: int = 1024
-    n_head: int = 16
+class Shapes(GpuSettings):
+    """The precision bench's GPT: twice the layers and four times the vocabulary."""
+
     n_layer: int = 24
-    seq_len: int = 1024
     vocab_size: int = 32768
-    microbatch_size: int = 8
-    repeats: int = 5
-
-    def model_config(self) -> ModelConfig:
-        return ModelConfig(
-            kind="gpt", vocab_size=self.vocab_size, seq_len=self.seq_len, n_layer=self.n_layer,
-            n_head=self.n_head, d_model=self.d_model, tie_embeddings=False,
-        )
-
-    @property
-    def tokens(self) -> int:
-        return self.microbatch_size * self.seq_len
 
 
 @dataclass
