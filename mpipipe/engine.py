@@ -299,6 +299,7 @@ class Engine:
                 "Engine.replan: the new plan moves stages or layers on this rank; build a new "
                 "ParamStore and Engine for it"
             )
+        self.finish_param_gathers()  # they run on the old program's communicators
         if self.pending_requests().total:
             raise RuntimeError("Engine.replan: called in the middle of a step")
         old = self.program
@@ -308,6 +309,7 @@ class Engine:
 
     def close(self) -> None:
         """Free this engine's persistent requests and sync communicators (between steps)."""
+        self.finish_param_gathers()
         self._free(self.program)
 
     def _free(self, program: StepProgram) -> None:
@@ -331,6 +333,7 @@ class Engine:
         program = self.program
         self.watchdog.step = step
         self.timeline.begin_step(step)
+        self.finish_param_gathers()
         self.store.zero_grads()
         self.op_times.begin_step()
         if loss_scale != self.upstream_scale:
@@ -359,6 +362,7 @@ class Engine:
         stage's outputs over the micro-batches and replicas (gradient fields mean nothing).
         """
         program = self.program
+        self.finish_param_gathers()
         self.timeline.pause()  # evaluation ops stay out of the trace
         state = StepState(step, source)
         state.next_receive = len(program.receives)  # the step's persistent receives stay idle
@@ -486,7 +490,36 @@ class Engine:
             self.messenger.send(array, op.send_peer, op.send_tag)
 
     def _start_sync(self, sync: BucketSync, label: str) -> None:
-        self.messenger.start_gradient_sync(sync.comm, sync.bucket.grad, label)
+        bucket = sync.bucket
+        if bucket.shard is None:
+            self.messenger.start_gradient_sync(sync.comm, bucket.grad, label)
+        else:
+            self.messenger.start_gradient_reduce_scatter(
+                sync.comm, bucket.grad_padded, bucket.grad_shard, label
+            )
+
+    # ----- ZeRO-1's all-gather of the updated weights ---------------------------
+
+    def start_param_gathers(self) -> None:
+        """ZeRO-1, after the optimizer updated this rank's shards (and refresh_working cast
+        them): start all-gathering every sharded bucket's weights (non-blocking)."""
+        for sync in self._bucket_syncs():
+            if sync.bucket.shard is not None:
+                self.messenger.start_all_gather(sync.comm, sync.bucket.gathered, "after update")
+
+    def finish_param_gathers(self) -> None:
+        """Wait for the all-gathers (before anything reads the weights); nothing if none."""
+        self.messenger.finish_gradient_syncs()
+
+    def bucket_comms(self) -> dict[int, object]:
+        """The communicator of every bucket with several holders, by bucket index."""
+        return {sync.bucket.index: sync.comm for sync in self._bucket_syncs()}
+
+    def _bucket_syncs(self) -> list[BucketSync]:
+        """Every bucket sum of the program, in the global bucket order (as on every rank)."""
+        launched = self.program.sync.launches.values()
+        return sorted((sync for syncs in launched for sync in syncs),
+                      key=lambda sync: sync.bucket.index)
 
     def _finish_step(self, state: StepState) -> None:
         start = MPI.Wtime()
@@ -499,15 +532,18 @@ class Engine:
     def _gather_stats(self, state: StepState) -> StepStats:
         to_host = self.backend.to_host
         offset = self.timeline.clock_offset
+        # Each summed gradient element is counted once over the world: a whole bucket by
+        # its first holder, a ZeRO-1 shard by its owner (padding adds nothing).
         squares = {
-            bucket.index: float(to_host(bucket.grad @ bucket.grad)) for bucket in self.store.buckets
+            bucket.index: float(to_host(_summed_gradient(bucket) @ _summed_gradient(bucket)))
+            for bucket in self.store.buckets
         }
         row = stats_row(
             loss=sum(float(to_host(loss)) for loss in state.losses),
             squared_norm=sum(
                 squares[bucket.index]
                 for bucket in self.store.buckets
-                if bucket.world_members[0] == self.grid.world_rank
+                if bucket.shard is not None or bucket.world_members[0] == self.grid.world_rank
             ),
             overflow=not all(math.isfinite(square) for square in squares.values()),
             first_start=(state.first_start or 0.0) + offset,
@@ -522,6 +558,11 @@ class Engine:
         request = self.comm.Iallgather(row, table)
         self.watchdog.wait(request, WaitInfo("step statistics", "end of step", None, None, 0))
         return StepStats.from_rows(table)
+
+
+def _summed_gradient(bucket):
+    """The part of the bucket's gradient this rank holds summed over its holders."""
+    return bucket.grad if bucket.shard is None else bucket.grad_shard
 
 
 def _boundary_shapes(model, stage_layers: list[range], microbatch_size: int) -> list[tuple]:
