@@ -254,6 +254,11 @@ class Messenger:
             self.finish_gradient_sync(pending)
         self.syncs = []
 
+    def finish_sync(self, pending: PendingSync) -> None:
+        """Wait for one sync (a ZeRO-1 all-gather, say) and forget it."""
+        self.syncs.remove(pending)
+        self.finish_gradient_sync(pending)
+
     def finish_gradient_sync(self, pending: PendingSync) -> None:
         self.watchdog.wait(pending.request, pending.info)
         if pending.staging is not None:

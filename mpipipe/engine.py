@@ -97,6 +97,7 @@ class BoundOp:
     handover_out: Transfer | None  # or the stage of this rank it is handed to
     syncs: list[BucketSync]  # the gradient sums a SYNC starts
     wait_label: str  # timeline name of its wait
+    gathers_due: tuple[int, ...]  # ZeRO-1: buckets whose all-gather must end before it runs
 
 
 @dataclass(eq=False)
@@ -151,6 +152,7 @@ class Engine:
         self.stages = self._build_stages(plan, stage_factory)
         self.upstream_scale = 1.0  # the loss gradient the backward starts from, as a number
         self.upstream_gradient_of_loss = backend.xp.asarray(1.0, dtype=backend.dtype)
+        self.param_gathers: dict = {}  # ZeRO-1: bucket index -> its all-gather in flight
         self.program = self._build_program(plan)
 
     # ----- set-up -------------------------------------------------------------
@@ -211,6 +213,7 @@ class Engine:
             OpType.SYNC: Engine._sync,
         }
         last_stage = schedule.stages - 1
+        first_use = _first_use_of_buckets(lowered, self.store)
         ops = []
         for position, item in enumerate(lowered):
             op, receive, send = item.op, item.receive, item.send
@@ -233,6 +236,7 @@ class Engine:
                 handover_out=send if send is not None and send.peer is None else None,
                 syncs=sync.starting_at(position) if op.type is OpType.SYNC else [],
                 wait_label=f"wait {receive.direction}" if receive is not None else "",
+                gathers_due=first_use.get(position, ()),
             ))
         return StepProgram(schedule, lowered, ops, receives, sync)
 
@@ -333,7 +337,6 @@ class Engine:
         program = self.program
         self.watchdog.step = step
         self.timeline.begin_step(step)
-        self.finish_param_gathers()
         self.store.zero_grads()
         self.op_times.begin_step()
         if loss_scale != self.upstream_scale:
@@ -349,6 +352,8 @@ class Engine:
             if bound.position == middle:
                 self.faults.in_middle_of_step(step, self.store)
             record(bound.label)
+            if bound.gathers_due:
+                self._wait_param_gathers(state, bound.gathers_due)
             bound.run(self, state, bound)
         for sync in program.sync.starting_at(None):
             self._start_sync(sync, "end of step")
@@ -502,14 +507,31 @@ class Engine:
 
     def start_param_gathers(self) -> None:
         """ZeRO-1, after the optimizer updated this rank's shards (and refresh_working cast
-        them): start all-gathering every sharded bucket's weights (non-blocking)."""
+        them): start all-gathering every sharded bucket's weights (non-blocking). The next
+        step waits for each just before its first op that uses the bucket."""
         for sync in self._bucket_syncs():
             if sync.bucket.shard is not None:
-                self.messenger.start_all_gather(sync.comm, sync.bucket.gathered, "after update")
+                self.param_gathers[sync.bucket.index] = self.messenger.start_all_gather(
+                    sync.comm, sync.bucket.gathered, "after update"
+                )
 
     def finish_param_gathers(self) -> None:
-        """Wait for the all-gathers (before anything reads the weights); nothing if none."""
-        self.messenger.finish_gradient_syncs()
+        """Wait for every all-gather still in flight (before anything else reads the
+        weights: an evaluation, a save, a load, the caller after a step)."""
+        self._finish_param_gathers_of(sorted(self.param_gathers))
+
+    def _wait_param_gathers(self, state: StepState, indices) -> None:
+        start = MPI.Wtime()
+        self._finish_param_gathers_of(indices)
+        end = MPI.Wtime()
+        state.wait_s += end - start
+        self.timeline.add("wait weights", "wait", start, end)
+
+    def _finish_param_gathers_of(self, indices) -> None:
+        for index in indices:
+            pending = self.param_gathers.pop(index, None)
+            if pending is not None:
+                self.messenger.finish_sync(pending)
 
     def bucket_comms(self) -> dict[int, object]:
         """The communicator of every bucket with several holders, by bucket index."""
@@ -525,6 +547,7 @@ class Engine:
         start = MPI.Wtime()
         self.messenger.finish_sends("end of step")
         self.messenger.finish_gradient_syncs()
+        self.param_gathers.clear()  # any not waited for by an op are done now too
         end = MPI.Wtime()
         state.wait_s += end - start
         self.timeline.add("wait sends and syncs", "wait", start, end)
@@ -558,6 +581,17 @@ class Engine:
         request = self.comm.Iallgather(row, table)
         self.watchdog.wait(request, WaitInfo("step statistics", "end of step", None, None, 0))
         return StepStats.from_rows(table)
+
+
+def _first_use_of_buckets(lowered: list[LoweredOp], store: ParamStore) -> dict:
+    """Op position -> the sharded buckets that op is the first of this rank's ops to use."""
+    stages_of = {bucket.index: set(bucket.stages) for bucket in store.buckets if bucket.shard}
+    first: dict[int, list[int]] = {}
+    for position, item in enumerate(lowered):
+        for index in [index for index, stages in stages_of.items() if item.op.stage in stages]:
+            first.setdefault(position, []).append(index)
+            del stages_of[index]
+    return {position: tuple(indices) for position, indices in first.items()}
 
 
 def _summed_gradient(bucket):
