@@ -12,8 +12,10 @@ For each op in order: an F takes its input (the tokens, a local hand-over
 or a pre-posted receive), runs the stage forward, keeps the cache and sends
 its output on; a B (or I, then W) does the same backwards and frees the
 cache; a SYNC starts the non-blocking gradient allreduce of every bucket
-whose last user on this rank that chunk is. After the last op the rank
-waits for its sends and syncs, then one `Allgather` of a few numbers gives
+whose last user on this rank that chunk is (under ZeRO-1 a reduce-scatter
+into the rank's shard; the updated shards' all-gather, started after the
+optimizer step, is waited for before the first op using each bucket).
+After the last op the rank waits for its sends and syncs, then one `Allgather` of a few numbers gives
 every rank the global loss, the gradient norm and the timing of every rank.
 
 `forward_only` runs just the F ops of the same program (evaluation): their
