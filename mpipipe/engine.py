@@ -15,8 +15,9 @@ cache; a SYNC starts the non-blocking gradient allreduce of every bucket
 whose last user on this rank that chunk is (under ZeRO-1 a reduce-scatter
 into the rank's shard; the updated shards' all-gather, started after the
 optimizer step, is waited for before the first op using each bucket).
-After the last op the rank waits for its sends and syncs, then one `Allgather` of a few numbers gives
-every rank the global loss, the gradient norm and the timing of every rank.
+After the last op the rank waits for its sends and syncs, then one
+`Allgather` of a few numbers gives every rank the global loss, the gradient
+norm and the timing of every rank.
 
 `forward_only` runs just the F ops of the same program (evaluation): their
 activations arrive in receives posted one at a time into the messenger's
