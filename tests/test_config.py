@@ -124,7 +124,8 @@ def random_config(rng: random.Random) -> Config:
             elif kind is bool:
                 value = rng.random() < 0.5
             elif kind is int:
-                value = minimum + rng.randrange(1000)
+                top = metadata["maximum"] if metadata["maximum"] is not None else minimum + 999
+                value = rng.randint(minimum, top)
             elif kind is float:
                 high = metadata["maximum"] if metadata["maximum"] is not None else 1e6
                 if metadata["below"] is not None:
