@@ -123,6 +123,7 @@ def gather_sharded(store: ParamStore, optimizer, comms: dict[int, object],
     polls a request until it is done.
     """
     to_host = store.backend.to_host
+    shards = {bucket.index: bucket.shard for bucket in store.buckets}
     parts: dict[int, dict] = {}
     for bucket in store.buckets:
         shard = bucket.shard
@@ -136,13 +137,13 @@ def gather_sharded(store: ParamStore, optimizer, comms: dict[int, object],
         part = parts.get(group.key.bucket)
         if part is None:
             continue
-        start = group.key.start - store.buckets_by_index[group.key.bucket].shard.start
+        start = group.key.start - shards[group.key.bucket].start
         for name, array in state.items():
             part[name][start : start + array.size] = to_host(array)
     whole: dict[int, dict] = {}
     pending = []
     for index, arrays in sorted(parts.items()):
-        shard = store.buckets_by_index[index].shard
+        shard = shards[index]
         whole[index] = {}
         for name, part in arrays.items():
             gathered = np.empty(shard.padded_size, dtype=part.dtype)

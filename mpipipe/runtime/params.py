@@ -211,10 +211,6 @@ class ParamStore:
                 bucket.view(flat, key)[...] = initial[key]
             self.set_master(bucket, self.backend.asarray(flat))
 
-    @property
-    def buckets_by_index(self) -> dict[int, Bucket]:
-        return {bucket.index: bucket for bucket in self.buckets}
-
     def held_keys(self) -> list[ParamKey]:
         """Every logical parameter this rank holds (whole, or under ZeRO-1 a shard of)."""
         return sorted(key for bucket in self.buckets for key in bucket.keys)
