@@ -14,6 +14,7 @@ def test_shards_tile_the_bucket_in_member_order(size, holders):
     assert len({shard.length for shard in shards}) == 1
     length = shards[0].length
     assert length * holders >= size > (length - 1) * holders  # padding under one per holder
+    assert all(shard.start <= shard.end <= shard.start + length for shard in shards)
     covered = [index for shard in shards for index in range(shard.start, shard.end)]
     assert covered == list(range(size))
     assert all(shard.padded_size == length * holders for shard in shards)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Shard:
     """Shard `position` of `holders`: bucket elements [start, start + length), of which
-    [start, end) are real (end < start + length only in the padded last shard)."""
+    [start, end) are real (end < start + length only where padding is: in the last shard,
+    or in the last few when the bucket has fewer elements than holders)."""
 
     position: int
     holders: int
@@ -32,7 +33,7 @@ class Shard:
 
     @property
     def end(self) -> int:
-        return min(self.size, self.start + self.length)
+        return max(self.start, min(self.size, self.start + self.length))
 
     @property
     def padded_size(self) -> int:
