@@ -80,10 +80,13 @@ class PendingSend:
 
 @dataclass(eq=False)
 class PendingSync:
+    """A gradient sum or a ZeRO-1 all-gather in flight."""
+
     request: object
-    grad: object
-    staging: object | None
+    target: object  # the array the result ends up in
+    staging: object | None  # the host array it arrives in when staged
     info: WaitInfo
+    sent: object = None  # a staged reduce-scatter's host input, kept alive until done
 
 
 class Messenger:
@@ -216,12 +219,47 @@ class Messenger:
         self.syncs.append(pending)
         return pending
 
+    def start_gradient_reduce_scatter(self, comm, grad, shard, label: str) -> PendingSync:
+        """ZeRO-1: start summing `grad` (padded to len(shard) times comm's size) over `comm`
+        into `shard`, this rank's equal part of the sum (non-blocking)."""
+        self.backend.synchronize()
+        info = WaitInfo("gradient reduce-scatter", label, None, None, grad.nbytes)
+        if self.staged:
+            sent, staging = self.backend.to_host(grad), np.empty(shard.shape, shard.dtype)
+            request = comm.Ireduce_scatter_block(sent, staging, op=MPI.SUM)
+        else:
+            sent, staging = None, None
+            request = comm.Ireduce_scatter_block(grad, shard, op=MPI.SUM)
+        pending = PendingSync(request, shard, staging, info, sent)
+        self.syncs.append(pending)
+        return pending
+
+    def start_all_gather(self, comm, padded, label: str) -> PendingSync:
+        """ZeRO-1: start filling `padded` in place with every member's equal part of it,
+        this rank's part being its own (non-blocking); 2-byte floats go as raw words."""
+        self.backend.synchronize()
+        info = WaitInfo("parameter all-gather", label, None, None, padded.nbytes)
+        if self.staged:
+            staging = self.backend.to_host(padded)
+            request = comm.Iallgather(MPI.IN_PLACE, wire(staging))
+        else:
+            staging = None
+            request = comm.Iallgather(MPI.IN_PLACE, wire(padded))
+        pending = PendingSync(request, padded, staging, info)
+        self.syncs.append(pending)
+        return pending
+
     def finish_gradient_syncs(self) -> None:
         for pending in self.syncs:
             self.finish_gradient_sync(pending)
         self.syncs = []
 
+    def finish_sync(self, pending: PendingSync) -> None:
+        """Wait for one sync (a ZeRO-1 all-gather, say) and forget it."""
+        self.syncs.remove(pending)
+        self.finish_gradient_sync(pending)
+
     def finish_gradient_sync(self, pending: PendingSync) -> None:
         self.watchdog.wait(pending.request, pending.info)
         if pending.staging is not None:
-            pending.grad.set(pending.staging)
+            wire(pending.target).set(wire(pending.staging))

@@ -12,9 +12,12 @@ For each op in order: an F takes its input (the tokens, a local hand-over
 or a pre-posted receive), runs the stage forward, keeps the cache and sends
 its output on; a B (or I, then W) does the same backwards and frees the
 cache; a SYNC starts the non-blocking gradient allreduce of every bucket
-whose last user on this rank that chunk is. After the last op the rank
-waits for its sends and syncs, then one `Allgather` of a few numbers gives
-every rank the global loss, the gradient norm and the timing of every rank.
+whose last user on this rank that chunk is (under ZeRO-1 a reduce-scatter
+into the rank's shard; the updated shards' all-gather, started after the
+optimizer step, is waited for before the first op using each bucket).
+After the last op the rank waits for its sends and syncs, then one
+`Allgather` of a few numbers gives every rank the global loss, the gradient
+norm and the timing of every rank.
 
 `forward_only` runs just the F ops of the same program (evaluation): their
 activations arrive in receives posted one at a time into the messenger's
@@ -97,6 +100,7 @@ class BoundOp:
     handover_out: Transfer | None  # or the stage of this rank it is handed to
     syncs: list[BucketSync]  # the gradient sums a SYNC starts
     wait_label: str  # timeline name of its wait
+    gathers_due: tuple[int, ...]  # ZeRO-1: buckets whose all-gather must end before it runs
 
 
 @dataclass(eq=False)
@@ -151,6 +155,7 @@ class Engine:
         self.stages = self._build_stages(plan, stage_factory)
         self.upstream_scale = 1.0  # the loss gradient the backward starts from, as a number
         self.upstream_gradient_of_loss = backend.xp.asarray(1.0, dtype=backend.dtype)
+        self.param_gathers: dict = {}  # ZeRO-1: bucket index -> its all-gather in flight
         self.program = self._build_program(plan)
 
     # ----- set-up -------------------------------------------------------------
@@ -211,6 +216,7 @@ class Engine:
             OpType.SYNC: Engine._sync,
         }
         last_stage = schedule.stages - 1
+        first_use = _first_use_of_buckets(lowered, self.store)
         ops = []
         for position, item in enumerate(lowered):
             op, receive, send = item.op, item.receive, item.send
@@ -233,6 +239,7 @@ class Engine:
                 handover_out=send if send is not None and send.peer is None else None,
                 syncs=sync.starting_at(position) if op.type is OpType.SYNC else [],
                 wait_label=f"wait {receive.direction}" if receive is not None else "",
+                gathers_due=first_use.get(position, ()),
             ))
         return StepProgram(schedule, lowered, ops, receives, sync)
 
@@ -299,6 +306,7 @@ class Engine:
                 "Engine.replan: the new plan moves stages or layers on this rank; build a new "
                 "ParamStore and Engine for it"
             )
+        self.finish_param_gathers()  # they run on the old program's communicators
         if self.pending_requests().total:
             raise RuntimeError("Engine.replan: called in the middle of a step")
         old = self.program
@@ -308,6 +316,7 @@ class Engine:
 
     def close(self) -> None:
         """Free this engine's persistent requests and sync communicators (between steps)."""
+        self.finish_param_gathers()
         self._free(self.program)
 
     def _free(self, program: StepProgram) -> None:
@@ -346,6 +355,8 @@ class Engine:
             if bound.position == middle:
                 self.faults.in_middle_of_step(step, self.store)
             record(bound.label)
+            if bound.gathers_due:
+                self._wait_param_gathers(state, bound.gathers_due)
             bound.run(self, state, bound)
         for sync in program.sync.starting_at(None):
             self._start_sync(sync, "end of step")
@@ -359,6 +370,7 @@ class Engine:
         stage's outputs over the micro-batches and replicas (gradient fields mean nothing).
         """
         program = self.program
+        self.finish_param_gathers()
         self.timeline.pause()  # evaluation ops stay out of the trace
         state = StepState(step, source)
         state.next_receive = len(program.receives)  # the step's persistent receives stay idle
@@ -486,12 +498,59 @@ class Engine:
             self.messenger.send(array, op.send_peer, op.send_tag)
 
     def _start_sync(self, sync: BucketSync, label: str) -> None:
-        self.messenger.start_gradient_sync(sync.comm, sync.bucket.grad, label)
+        bucket = sync.bucket
+        if bucket.shard is None:
+            self.messenger.start_gradient_sync(sync.comm, bucket.grad, label)
+        else:
+            self.messenger.start_gradient_reduce_scatter(
+                sync.comm, bucket.grad_padded, bucket.grad_shard, label
+            )
+
+    # ----- ZeRO-1's all-gather of the updated weights ---------------------------
+
+    def start_param_gathers(self) -> None:
+        """ZeRO-1, after the optimizer updated this rank's shards (and refresh_working cast
+        them): start all-gathering every sharded bucket's weights (non-blocking). The next
+        step waits for each just before its first op that uses the bucket."""
+        for sync in self._bucket_syncs():
+            if sync.bucket.shard is not None:
+                self.param_gathers[sync.bucket.index] = self.messenger.start_all_gather(
+                    sync.comm, sync.bucket.gathered, "after update"
+                )
+
+    def finish_param_gathers(self) -> None:
+        """Wait for every all-gather still in flight (before anything else reads the
+        weights: an evaluation, a save, a load, the caller after a step)."""
+        self._finish_param_gathers_of(sorted(self.param_gathers))
+
+    def _wait_param_gathers(self, state: StepState, indices) -> None:
+        start = MPI.Wtime()
+        self._finish_param_gathers_of(indices)
+        end = MPI.Wtime()
+        state.wait_s += end - start
+        self.timeline.add("wait weights", "wait", start, end)
+
+    def _finish_param_gathers_of(self, indices) -> None:
+        for index in indices:
+            pending = self.param_gathers.pop(index, None)
+            if pending is not None:
+                self.messenger.finish_sync(pending)
+
+    def bucket_comms(self) -> dict[int, object]:
+        """The communicator of every bucket with several holders, by bucket index."""
+        return {sync.bucket.index: sync.comm for sync in self._bucket_syncs()}
+
+    def _bucket_syncs(self) -> list[BucketSync]:
+        """Every bucket sum of the program, in the global bucket order (as on every rank)."""
+        launched = self.program.sync.launches.values()
+        return sorted((sync for syncs in launched for sync in syncs),
+                      key=lambda sync: sync.bucket.index)
 
     def _finish_step(self, state: StepState) -> None:
         start = MPI.Wtime()
         self.messenger.finish_sends("end of step")
         self.messenger.finish_gradient_syncs()
+        self.param_gathers.clear()  # any not waited for by an op are done now too
         end = MPI.Wtime()
         state.wait_s += end - start
         self.timeline.add("wait sends and syncs", "wait", start, end)
@@ -499,15 +558,18 @@ class Engine:
     def _gather_stats(self, state: StepState) -> StepStats:
         to_host = self.backend.to_host
         offset = self.timeline.clock_offset
+        # Each summed gradient element is counted once over the world: a whole bucket by
+        # its first holder, a ZeRO-1 shard by its owner (padding adds nothing).
         squares = {
-            bucket.index: float(to_host(bucket.grad @ bucket.grad)) for bucket in self.store.buckets
+            bucket.index: float(to_host(_summed_gradient(bucket) @ _summed_gradient(bucket)))
+            for bucket in self.store.buckets
         }
         row = stats_row(
             loss=sum(float(to_host(loss)) for loss in state.losses),
             squared_norm=sum(
                 squares[bucket.index]
                 for bucket in self.store.buckets
-                if bucket.world_members[0] == self.grid.world_rank
+                if bucket.shard is not None or bucket.world_members[0] == self.grid.world_rank
             ),
             overflow=not all(math.isfinite(square) for square in squares.values()),
             first_start=(state.first_start or 0.0) + offset,
@@ -522,6 +584,22 @@ class Engine:
         request = self.comm.Iallgather(row, table)
         self.watchdog.wait(request, WaitInfo("step statistics", "end of step", None, None, 0))
         return StepStats.from_rows(table)
+
+
+def _first_use_of_buckets(lowered: list[LoweredOp], store: ParamStore) -> dict:
+    """Op position -> the sharded buckets that op is the first of this rank's ops to use."""
+    stages_of = {bucket.index: set(bucket.stages) for bucket in store.buckets if bucket.shard}
+    first: dict[int, list[int]] = {}
+    for position, item in enumerate(lowered):
+        for index in [index for index, stages in stages_of.items() if item.op.stage in stages]:
+            first.setdefault(position, []).append(index)
+            del stages_of[index]
+    return {position: tuple(indices) for position, indices in first.items()}
+
+
+def _summed_gradient(bucket):
+    """The part of the bucket's gradient this rank holds summed over its holders."""
+    return bucket.grad if bucket.shard is None else bucket.grad_shard
 
 
 def _boundary_shapes(model, stage_layers: list[range], microbatch_size: int) -> list[tuple]:

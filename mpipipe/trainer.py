@@ -53,7 +53,7 @@ from mpipipe.replanning import Replanning
 from mpipipe.runtime.ctrl_c import CTRL_C
 from mpipipe.runtime.failure import CollectiveStop
 from mpipipe.runtime.faults import faults_from_environment
-from mpipipe.runtime.params import ParamStore
+from mpipipe.runtime.params import ParamStore, Span
 from mpipipe.runtime.phase_watchdog import PhaseWatchdog
 from mpipipe.runtime.rendezvous import Rendezvous
 from mpipipe.runtime.stage import StageFactory
@@ -66,17 +66,26 @@ SAVE_ESTIMATE_S = 10.0
 
 
 def optimizer_groups(store: ParamStore, weight_decay: float) -> list[ParamGroup]:
-    """One group per span of each bucket, keyed by the span (checkpoints find its state so)."""
-    return [
-        ParamGroup(
-            bucket.param[span.start : span.end],
-            bucket.grad[span.start : span.end],
-            weight_decay if span.decayed else 0.0,
-            key=span,
-        )
-        for bucket in store.buckets
-        for span in bucket.spans()
-    ]
+    """One group per span of each bucket, keyed by the span (checkpoints find its state so).
+
+    Under ZeRO-1 a sharded bucket's groups are its spans' parts in this rank's shard, over
+    the shard's master weights and summed gradient, keyed by those parts."""
+    groups = []
+    for bucket in store.buckets:
+        for span in bucket.spans():
+            decay = weight_decay if span.decayed else 0.0
+            shard = bucket.shard
+            if shard is None:
+                groups.append(ParamGroup(bucket.param[span.start : span.end],
+                                         bucket.grad[span.start : span.end], decay, key=span))
+                continue
+            part = shard.overlap(span.start, span.end)
+            if part is None:
+                continue
+            low, high = part[0] - shard.start, part[1] - shard.start
+            groups.append(ParamGroup(bucket.master_shard[low:high], bucket.grad_shard[low:high],
+                                     decay, key=Span(bucket.index, *part, span.decayed)))
+    return groups
 
 
 class Trainer:
@@ -116,6 +125,7 @@ class Trainer:
         self.store = ParamStore.create(
             plan.model, plan.stage_layers, plan.schedule.placement, plan.grid, backend,
             self.config.train.seed, compute_dtype=self.precision.compute,
+            zero=self.config.parallel.zero,
         )
         scaling = self.precision.loss_scaling
         self.scaler = LossScaler(
@@ -193,6 +203,9 @@ class Trainer:
             clip = clip_coefficient(stats.grad_norm, optim.grad_clip)
             self.optimizer.step(learning, grad_scale=clip / loss_scale)
             self.store.refresh_working()
+            # ZeRO-1: the updated shards go to the other holders while this rank writes its
+            # row; whatever reads the weights next waits for them (Engine.finish_param_gathers).
+            self.engine.start_param_gathers()
         if overflow or applied:
             self.scaler.update(overflow)
         self.backend.synchronize()
@@ -306,6 +319,7 @@ class Trainer:
                 self._save_in_run_folder(progress, why=f"every {every} steps")
         if self.step == self.config.train.steps:
             self._save_in_run_folder(progress, why="end of training")
+        self.engine.finish_param_gathers()  # the weights are whole when run() returns
         return rows
 
     def _stop_before_time_limit(self, step_time_s: float) -> None:
@@ -327,10 +341,12 @@ class Trainer:
         self.engine.ask_to_stop()
 
     def run_state(self) -> RunState:
-        return RunState(self.comm, self.plan, self.store, self.optimizer, self.step, self.scaler)
+        return RunState(self.comm, self.plan, self.store, self.optimizer, self.step, self.scaler,
+                        bucket_comms=self.engine.bucket_comms())
 
     def save_checkpoint(self, path: str) -> SavedCheckpoint:
         """Write a checkpoint of this step to `path` (collective)."""
+        self.engine.finish_param_gathers()
         saved = save_checkpoint(
             self.run_state(), path, parallel=self.parallel_checkpoints, faults=self.faults,
             rendezvous=self.rendezvous,
@@ -370,6 +386,7 @@ class Trainer:
         if self.plan.schedule.digest() != old_digest:
             self._engine_behind = True
         self.schedule_record["schedule_digest"] = self.plan.schedule.digest()
+        self.engine.finish_param_gathers()
         with self.phases.phase("resume: loading", point.path):
             loaded = load_checkpoint(self.run_state(), point.path)
         self.store.refresh_working()

@@ -217,6 +217,11 @@ CASES = [
     Case("misspelt-recompute", tiny("--set", "runtime.recompute=blocks"),
          'runtime.recompute = "blocks" is not one of none, attention, block '
          "(did you mean 'block'?)"),
+    Case("zero-stage-two", tiny("--set", "parallel.zero=2"),
+         "parallel.zero = 2 is above the maximum 1 (use 1 or less)", **TWO),
+    Case("zero-without-data-parallel", tiny(*RANDOM_DATA, "--set", "parallel.zero=1"),
+         "parallel.zero = 1 shards the optimizer state over data-parallel replicas but "
+         "parallel.data_parallel = 1: set parallel.data_parallel = 2 or more", **TWO),
     Case("below-minimum", tiny("--set", "train.steps=0"),
          "train.steps = 0 is below the minimum 1 (use 1 or more)"),
     Case("negative-learning-rate", tiny("--set", "optim.lr=-0.1"),

@@ -5,6 +5,12 @@ second pipe, every data-parallel replica. Their copies (and optimizer
 states) are bitwise equal, so one holder writes it; `assign_writers` picks
 it deterministically, largest parameters first, each to its least-loaded
 holder, which spreads the bytes evenly over the ranks.
+
+Under ZeRO-1 each holder of a sharded bucket keeps only its shard of the
+optimizer state (and, under fp16/bf16, of the master weights): a save first
+all-gathers those shards into the whole flat arrays on every holder
+(`gather_sharded`), so the file, its writers and its checksums stay as
+without sharding; a load reads whole datasets and keeps its shard.
 """
 
 from __future__ import annotations
@@ -12,8 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
+import numpy as np
+
 from mpipipe.checkpoint.layout import param_dataset, state_dataset
 from mpipipe.runtime.params import ParamKey, ParamStore
+
+MASTER = None  # gather_sharded's name for the master weights beside the state names
 
 
 @dataclass(frozen=True)
@@ -64,16 +74,24 @@ def plan_entries(
     return entries
 
 
-def optimizer_slices(store: ParamStore, optimizer) -> dict[ParamKey, dict[str, object]]:
+def optimizer_slices(
+    store: ParamStore, optimizer, whole: dict[int, dict] | None = None
+) -> dict[ParamKey, dict[str, object]]:
     """Each parameter's optimizer state arrays, as views shaped like the parameter.
 
-    The optimizer has one group per span of each bucket (`Bucket.spans`), keyed by the span.
+    The optimizer has one group per span of each bucket (`Bucket.spans`), keyed by the span;
+    a ZeRO-1 bucket's state comes from `whole` (`gather_sharded`).
     """
     state_of_span = {
         group.key: state for group, state in zip(optimizer.groups, optimizer.state, strict=True)
     }
     slices: dict[ParamKey, dict[str, object]] = {}
     for bucket in store.buckets:
+        if bucket.shard is not None:
+            for key in bucket.keys:
+                slices[key] = {name: bucket.view(whole[bucket.index][name], key)
+                               for name in type(optimizer).STATE_NAMES}
+            continue
         for span in bucket.spans():
             state = state_of_span[span]
             for key in bucket.keys:
@@ -84,3 +102,53 @@ def optimizer_slices(store: ParamStore, optimizer) -> dict[ParamKey, dict[str, o
                         for name, array in state.items()
                     }
     return slices
+
+
+def master_views(store: ParamStore, whole: dict[int, dict]) -> dict[ParamKey, object]:
+    """Each held parameter's whole master weights: the store's, or gathered (`whole`)."""
+    views = dict(store.params)
+    for bucket in store.buckets:
+        if bucket.param is None:
+            views.update({key: bucket.view(whole[bucket.index][MASTER], key)
+                          for key in bucket.keys})
+    return views
+
+
+def gather_sharded(store: ParamStore, optimizer, comms: dict[int, object],
+                   wait) -> dict[int, dict]:
+    """ZeRO-1: every sharded bucket's whole flat state arrays by name (and MASTER, where the
+    rank keeps only a shard of the master weights), on the host of every holder.
+
+    Collective over each sharded bucket's communicator (`comms`); `wait(request, what)`
+    polls a request until it is done.
+    """
+    to_host = store.backend.to_host
+    shards = {bucket.index: bucket.shard for bucket in store.buckets}
+    parts: dict[int, dict] = {}
+    for bucket in store.buckets:
+        shard = bucket.shard
+        if shard is None:
+            continue
+        parts[bucket.index] = {name: np.zeros(shard.length, dtype=store.backend.dtype)
+                               for name in type(optimizer).STATE_NAMES}
+        if bucket.param is None:
+            parts[bucket.index][MASTER] = to_host(bucket.master_shard)
+    for group, state in zip(optimizer.groups, optimizer.state, strict=True):
+        part = parts.get(group.key.bucket)
+        if part is None:
+            continue
+        start = group.key.start - shards[group.key.bucket].start
+        for name, array in state.items():
+            part[name][start : start + array.size] = to_host(array)
+    whole: dict[int, dict] = {}
+    pending = []
+    for index, arrays in sorted(parts.items()):
+        shard = shards[index]
+        whole[index] = {}
+        for name, part in arrays.items():
+            gathered = np.empty(shard.padded_size, dtype=part.dtype)
+            pending.append((comms[index].Iallgather(part, gathered), index))
+            whole[index][name] = gathered[: shard.size]
+    for request, index in pending:
+        wait(request, f"the optimizer state shards of bucket {index}")
+    return whole

@@ -22,7 +22,6 @@ import numpy as np
 
 from mpipipe import __version__
 from mpipipe.checkpoint.attributes import data_identity
-from mpipipe.checkpoint.contents import optimizer_slices
 from mpipipe.checkpoint.folder import latest_checkpoint, remove_partials
 from mpipipe.checkpoint.layout import (
     CHECKSUM_ATTRIBUTE,
@@ -200,15 +199,7 @@ def load_checkpoint(state: RunState, path: str) -> LoadedCheckpoint:
         _check_model(file, path, store.layout.shapes)
         _check_optimizer(file, path, state.plan.config.optim.name, state_names,
                          store.layout.shapes)
-        slices = optimizer_slices(store, optimizer)
-        for key in sorted(store.params):
-            store.params[key][...] = store.backend.asarray(
-                read_verified(file, path, param_dataset(key))
-            )
-            for state_name, view in slices[key].items():
-                view[...] = store.backend.asarray(
-                    read_verified(file, path, state_dataset(state_name, key))
-                )
+        _load_buckets(file, path, store, optimizer)
         step = int(file.attrs["step"])
         optim_attributes = file[OPTIM_GROUP].attrs
         step_count = int(optim_attributes["step_count"])
@@ -219,6 +210,32 @@ def load_checkpoint(state: RunState, path: str) -> LoadedCheckpoint:
         data = str(file.attrs.get("data", ""))
     optimizer.step_count = step_count
     return LoadedCheckpoint(path, step, data, data == data_identity(state.plan.config), change)
+
+
+def _load_buckets(file, path: str, store, optimizer) -> None:
+    """Each bucket's whole flat values from the datasets, then this rank's part of them:
+    every parameter, and each optimizer group's span (under ZeRO-1 a part of its shard)."""
+    groups_of: dict[int, list] = {}
+    for group, state in zip(optimizer.groups, optimizer.state, strict=True):
+        groups_of.setdefault(group.key.bucket, []).append((group.key, state))
+    for bucket in store.buckets:
+        store.set_master(bucket, store.backend.asarray(_whole_flat(file, path, bucket, None)))
+        for state_name in type(optimizer).STATE_NAMES:
+            flat = _whole_flat(file, path, bucket, state_name)
+            for span, state in groups_of.get(bucket.index, []):
+                state[state_name][...] = store.backend.asarray(flat[span.start : span.end])
+
+
+def _whole_flat(file, path: str, bucket, state_name: str | None) -> np.ndarray:
+    """The bucket's parameters (state_name None) or one state of them, as one flat array."""
+    flat = None
+    for key in bucket.keys:
+        name = param_dataset(key) if state_name is None else state_dataset(state_name, key)
+        data = read_verified(file, path, name)
+        if flat is None:
+            flat = np.empty(bucket.size, dtype=data.dtype)
+        bucket.view(flat, key)[...] = data
+    return flat
 
 
 def _check_model(file, path: str, shapes: dict) -> None:

@@ -33,7 +33,9 @@ from mpipipe.checkpoint.attributes import root_attributes
 from mpipipe.checkpoint.contents import (
     Entry,
     assign_writers,
+    gather_sharded,
     holders_of,
+    master_views,
     optimizer_slices,
     plan_entries,
 )
@@ -69,6 +71,8 @@ class RunState:
     optimizer: object
     step: int  # optimizer steps done
     scaler: LossScaler | None = None  # fp16's loss scale, saved beside the optimizer state
+    # ZeRO-1: each sharded bucket's communicator, over which a save gathers the shards
+    bucket_comms: dict[int, object] | None = None
 
 
 @dataclass
@@ -155,9 +159,9 @@ def save_checkpoint(
         meeting = rendezvous or Rendezvous(comm, watchdog)
         steps = SaveSteps(meeting, partial, state.step)
         error = _prepare_folder(path, _file_bytes(state)) if rank == 0 else None
-        held_by_rank = steps.meet(PREPARING, error, sorted(state.store.params))
+        held_by_rank = steps.meet(PREPARING, error, state.store.held_keys())
         plan = _file_plan(state, held_by_rank)
-        arrays = _local_arrays(state, plan.entries)
+        arrays = _local_arrays(state, plan.entries, watchdog)
         write = write_parallel if parallel else write_gathered
         write(steps, plan, arrays, faults)
         error = None
@@ -237,12 +241,19 @@ def _optim_attributes(state: RunState) -> dict[str, object]:
     return attributes
 
 
-def _local_arrays(state: RunState, entries: list[Entry]) -> dict[str, object]:
-    """This rank's array for each entry it writes."""
+def _local_arrays(state: RunState, entries: list[Entry], watchdog) -> dict[str, object]:
+    """This rank's array for each entry it writes (ZeRO-1's shards gathered whole first)."""
     rank = state.comm.Get_rank()
-    slices = optimizer_slices(state.store, state.optimizer)
+    store = state.store
+    whole = {}
+    if any(bucket.shard is not None for bucket in store.buckets):
+        whole = gather_sharded(store, state.optimizer, state.bucket_comms,
+                               lambda request, what: watchdog.wait(request.Test,
+                                                                   f"waiting for {what}"))
+    slices = optimizer_slices(store, state.optimizer, whole)
+    params = master_views(store, whole)
     return {
-        entry.path: state.store.params[entry.key]
+        entry.path: params[entry.key]
         if entry.state is None
         else slices[entry.key][entry.state]
         for entry in entries

@@ -16,6 +16,13 @@ the optimizer updates and checkpoints hold, `grad` its float32 gradient;
 `working` is the copy in the compute type (float16, bfloat16) that the
 layers read, cast from `param` after every change (`refresh_working`). When
 the two types agree, `working` is `param` itself and nothing is copied.
+
+ZeRO-1 (parallel.zero = 1, runtime/zero_shards.py): a bucket with several
+holders gets a `Shard`; its flat arrays are padded to the shard cut, the
+summed gradient of the shard lands in `grad_shard`, and the optimizer
+updates `master_shard`: a view of `param` under fp32, under fp16/bf16 the
+only float32 master this rank keeps of the bucket (`param` is then None and
+the layers' `working` copy is whole).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import numpy as np
 from mpipipe.backend import Backend
 from mpipipe.layers.base import ParamKey
 from mpipipe.runtime.grid import ProcessGrid
+from mpipipe.runtime.zero_shards import Shard, shard_of
 from mpipipe.schedules.schedule import Placement
 
 
@@ -55,9 +63,14 @@ class Bucket:
     offsets: dict[ParamKey, int]
     decay_size: int  # elements [0, decay_size) get weight decay
     world_members: list[int]  # every world rank holding a copy
-    param: object = None  # master weights
+    shard: Shard | None = None  # ZeRO-1: this rank's share of the optimizer's work
+    param: object = None  # master weights (None: ZeRO-1 under fp16/bf16 keeps only a shard)
     grad: object = None  # their gradient, in the master type
     working: object = None  # the compute-type copy the layers read (param itself in fp32)
+    grad_padded: object = None  # ZeRO-1: `grad` and its padding, what is reduce-scattered
+    grad_shard: object = None  # ZeRO-1: the shard's summed gradient
+    master_shard: object = None  # ZeRO-1: the shard's master weights, what the optimizer updates
+    gathered: object = None  # ZeRO-1: the padded copy the updated shards are all-gathered into
 
     @property
     def size(self) -> int:
@@ -136,8 +149,10 @@ class ParamStore:
         backend: Backend,
         seed: int,
         compute_dtype=None,
+        zero: int = 0,
     ) -> ParamStore:
-        """This rank's buckets, initialised; `compute_dtype` is the working copies' type."""
+        """This rank's buckets, initialised; `compute_dtype` is the working copies' type;
+        `zero` = 1 shards each shared bucket's optimizer work over its holders."""
         layout = ParamLayout.build(model.layers, stage_layers)
         my_stages = {stage for _, stage in placement.chunks_on(grid.pipe_rank)}
         buckets = []
@@ -150,7 +165,10 @@ class ParamStore:
                 for replica in range(grid.data_parallel)
                 for pipe_rank in pipe_ranks
             )
-            buckets.append(_new_bucket(index, stages, keys, layout.shapes, members))
+            bucket = _new_bucket(index, stages, keys, layout.shapes, members)
+            if zero:
+                bucket.shard = shard_of(bucket.size, members, grid.world_rank)
+            buckets.append(bucket)
         compute = None if compute_dtype is None else np.dtype(compute_dtype)
         store = cls(layout=layout, buckets=buckets, backend=backend, compute_dtype=compute)
         store._allocate()
@@ -162,28 +180,59 @@ class ParamStore:
         xp, dtype = self.backend.xp, self.backend.dtype
         compute = self.compute_dtype
         for bucket in self.buckets:
-            bucket.param = xp.zeros(bucket.size, dtype=dtype)
-            bucket.grad = xp.zeros(bucket.size, dtype=dtype)
-            if compute is None or compute == np.dtype(dtype):
-                bucket.working = bucket.param
-            else:
-                bucket.working = xp.zeros(bucket.size, dtype=compute)
+            separate = compute is not None and compute != np.dtype(dtype)
+            shard = bucket.shard
+            padded = bucket.size if shard is None else shard.padded_size
+            param = None if shard is not None and separate else xp.zeros(padded, dtype=dtype)
+            working = xp.zeros(padded, dtype=compute) if separate else param
+            bucket.param = None if param is None else param[: bucket.size]
+            bucket.working = working[: bucket.size] if separate else bucket.param
+            bucket.grad_padded = xp.zeros(padded, dtype=dtype)
+            bucket.grad = bucket.grad_padded[: bucket.size]
+            if shard is not None:
+                bucket.grad_shard = xp.zeros(shard.length, dtype=dtype)
+                bucket.master_shard = (
+                    xp.zeros(shard.length, dtype=dtype) if param is None
+                    else param[shard.start : shard.start + shard.length]
+                )
+                bucket.gathered = working
             for key in bucket.keys:
-                self.params[key] = bucket.view(bucket.param, key)
+                if bucket.param is not None:
+                    self.params[key] = bucket.view(bucket.param, key)
                 self.grads[key] = bucket.view(bucket.grad, key)
                 self.working[key] = bucket.view(bucket.working, key)
 
     def _initialise(self, model, seed: int) -> None:
-        owner_layers = sorted({index for index, _ in self.params})
+        owner_layers = sorted({index for bucket in self.buckets for index, _ in bucket.keys})
         initial = model.init_params(seed, layer_indices=owner_layers)
-        for key, value in initial.items():
-            if key in self.params:
-                self.params[key][...] = self.backend.asarray(value)
+        for bucket in self.buckets:
+            flat = np.zeros(bucket.size, dtype=self.backend.dtype)
+            for key in bucket.keys:
+                bucket.view(flat, key)[...] = initial[key]
+            self.set_master(bucket, self.backend.asarray(flat))
+
+    def held_keys(self) -> list[ParamKey]:
+        """Every logical parameter this rank holds (whole, or under ZeRO-1 a shard of)."""
+        return sorted(key for bucket in self.buckets for key in bucket.keys)
+
+    def set_master(self, bucket: Bucket, flat) -> None:
+        """Set the bucket's master weights (and working copy) from its whole flat values."""
+        if bucket.param is not None:
+            bucket.param[...] = flat
+        else:
+            shard = bucket.shard
+            bucket.master_shard[: shard.end - shard.start] = flat[shard.start : shard.end]
+        if bucket.working is not bucket.param:
+            bucket.working[...] = flat
 
     def refresh_working(self) -> None:
-        """Cast the master weights into the working copies (after an update or a load)."""
+        """Cast the master weights into the working copies (after an update or a load);
+        under ZeRO-1 with fp16/bf16 only this rank's shard (the all-gather brings the rest)."""
         for bucket in self.buckets:
-            if bucket.working is not bucket.param:
+            if bucket.param is None:
+                shard = bucket.shard
+                bucket.gathered[shard.start : shard.start + shard.length] = bucket.master_shard
+            elif bucket.working is not bucket.param:
                 bucket.working[...] = bucket.param
 
     def layer_params(self, layer_index: int) -> dict[str, object]:
@@ -199,7 +248,7 @@ class ParamStore:
             bucket.grad.fill(0)
 
     def host_params(self) -> dict[ParamKey, np.ndarray]:
-        """Host copies of every parameter this rank holds, by logical name."""
+        """Host copies of every parameter whose master weights this rank holds whole."""
         return {key: self.backend.to_host(value).copy() for key, value in self.params.items()}
 
 

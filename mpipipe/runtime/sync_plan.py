@@ -6,7 +6,9 @@ communicator of exactly its holders. Every rank creates the communicators of
 its buckets in the global bucket order, so the creations match across ranks.
 A bucket's sum starts at the last SYNC op of its stages on this rank, once no
 op of this rank touches it any more, or after the step's last op when some
-stage of it that this rank holds has no SYNC op.
+stage of it that this rank holds has no SYNC op. Under ZeRO-1 the same launch
+is a reduce-scatter into the rank's shard (mpipipe/DESIGN.md, "ZeRO-1"), and
+the same communicator carries the all-gather of the updated weights.
 """
 
 from __future__ import annotations

@@ -46,13 +46,15 @@ def test_activations_travel_in_the_compute_type_and_the_loss_stays_close(precisi
 
 
 @pytest.mark.mpi(min_size=4)
-@pytest.mark.parametrize("layout", [(4, 1), (2, 2)], ids=["4x1", "2x2"])
-def test_an_overflow_on_one_rank_skips_the_step_and_halves_the_scale_everywhere(layout):
+@pytest.mark.parametrize(("layout", "zero"), [((4, 1), 0), ((2, 2), 0), ((2, 2), 1)],
+                         ids=["4x1", "2x2", "2x2-zero1"])
+def test_an_overflow_on_one_rank_skips_the_step_and_halves_the_scale_everywhere(layout, zero):
+    """With ZeRO-1 the infinite element reaches its shard's owner, which flags it."""
     comm = first_ranks(MPI.COMM_WORLD, layout[0] * layout[1])
     if comm is None:
         return
     overflow_rank, overflow_step = 1, 1
-    trainer = pipelined_trainer(mixed_config("fp16", "bitpipe", *layout,
+    trainer = pipelined_trainer(mixed_config("fp16", "bitpipe", *layout, parallel__zero=zero,
                                              runtime__loss_scale=1024.0), comm)
     if comm.Get_rank() == overflow_rank:
         trainer.engine.faults = FaultInjector(Fault("overflow", overflow_rank, overflow_step),
@@ -60,7 +62,7 @@ def test_an_overflow_on_one_rank_skips_the_step_and_halves_the_scale_everywhere(
     rows, params = [], []
     for _ in range(3):
         rows.append(trainer.train_step())
-        params.append(trainer.store.host_params())
+        params.append(weights(trainer))
     outcome = [(row["applied"], row["overflow"], row["loss_scale"]) for row in rows]
     assert comm.allgather(outcome) == [outcome] * comm.Get_size(), "ranks disagree"
     assert outcome == [(True, False, 1024.0), (False, True, 1024.0), (True, False, 512.0)]
@@ -69,3 +71,11 @@ def test_an_overflow_on_one_rank_skips_the_step_and_halves_the_scale_everywhere(
         assert np.array_equal(value, params[0][key]), f"{key} changed in the skipped step"
     assert any(not np.array_equal(value, params[1][key]) for key, value in params[2].items())
     comm.Free()
+
+
+def weights(trainer) -> dict:
+    """The master weights, or under ZeRO-1 (which keeps a shard of them) the working copies."""
+    if not trainer.config.parallel.zero:
+        return trainer.store.host_params()
+    trainer.engine.finish_param_gathers()
+    return {key: np.array(value) for key, value in trainer.store.working.items()}

@@ -89,6 +89,7 @@ def pipelined_run(config: Config, comm, steps: int, backend: Backend | None = No
     metrics rows, every rank's host params on root)."""
     trainer = pipelined_trainer(config, comm, backend, model)
     rows = [trainer.train_step() for _ in range(steps)]
+    trainer.engine.finish_param_gathers()  # ZeRO-1: the last update's all-gather
     gathered = comm.gather(trainer.store.host_params(), root=0)
     return trainer.plan, rows, gathered
 
