@@ -48,7 +48,8 @@ def test_the_backstop_ends_a_process_whose_thread_holds_the_gil_in_c():
                 time.sleep(0.01)
         threading.Thread(target=tick, daemon=True).start()
         time.sleep(0.2)
-        shared_backstop().arm(3.0, "error: stuck on purpose; 100% sure")  # room for a loaded machine
+        # The backstop allows room for a loaded machine.
+        shared_backstop().arm(3.0, "error: stuck on purpose; 100% sure")
         print("started", flush=True)
         re.match(r"(a+)+$", "a" * 64 + "b")  # C backtracking for ages, GIL held throughout
         print("not reached", flush=True)

@@ -87,6 +87,7 @@ class MemoryPlan:
     ranks: list[RankMemory]
     bubble: list[float]  # per pipeline rank, simulated at the schedule's op costs
     costs: OpCosts
+    split_backward: bool  # the schedule splits backwards into I and W
 
     @property
     def peak(self) -> RankMemory:
@@ -141,7 +142,8 @@ def predict_memory(config: Config, world_size: int | None = None) -> MemoryPlan:
         )
         for rank in range(schedule.ranks)
     ]
-    return MemoryPlan(config, world_size, ranks, simulation.bubble, costs)
+    split = any(op.type is OpType.BACKWARD_INPUT for rank_ops in schedule.ops for op in rank_ops)
+    return MemoryPlan(config, world_size, ranks, simulation.bubble, costs, split)
 
 
 def _op_costs(costs: str) -> OpCosts:
