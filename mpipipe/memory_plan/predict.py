@@ -16,8 +16,8 @@ Per pipeline rank (every data-parallel replica of it holds the same):
   state (and, under fp16/bf16, the master weights) of a bucket is split over
   its R holders: data_parallel x the pipeline ranks holding its stages.
 - activations: the rank's ops in list order (the order it runs them, and the
-  simulator's), a chunk's cache held from its F until its B, or its W after
-  an I: the most bytes held at once.
+  simulator's), a chunk's forward cache held from its F until its B or I, an
+  I's weight cache until its W: the most bytes held at once.
 - messages: the persistent receive buffers the slot plan chooses, and one
   output in flight per direction the rank sends.
 """
@@ -177,22 +177,40 @@ def _state_bytes(model: Model, stage_layers: list[range], schedule: Schedule, ra
     return totals
 
 
+@dataclass(frozen=True)
+class ChunkBytes:
+    """What one micro-batch of a stage keeps: its forward cache, then (split) its I half's."""
+
+    forward: int
+    weight: int
+
+
 def _stage_activation_bytes(model: Model, stage_layers: list[range], config: Config,
-                            precision: Precision) -> list[int]:
-    """What one micro-batch's forward cache of each stage holds, from the layers' estimates."""
+                            precision: Precision) -> list[ChunkBytes]:
+    """Each stage's cache bytes per micro-batch, from its layers' estimates."""
     costs = model.costs(config.data.microbatch_size, precision.compute.itemsize)
-    return [sum(costs[index].activation_bytes for index in layers) for layers in stage_layers]
+    return [
+        ChunkBytes(sum(costs[index].activation_bytes for index in layers),
+                   sum(costs[index].weight_cache_bytes for index in layers))
+        for layers in stage_layers
+    ]
 
 
-def _peak_activation_bytes(schedule: Schedule, rank: int, stage_bytes: list[int]) -> int:
-    """Most cache bytes `rank` holds at once, running its ops in list order."""
+def _peak_activation_bytes(schedule: Schedule, rank: int, stage_bytes: list[ChunkBytes]) -> int:
+    """Most cache bytes `rank` holds at once, running its ops in list order: a forward keeps
+    its cache, an I swaps it for its weight cache, a B or W frees what is left."""
     level = peak = 0
     for op in schedule.ops[rank]:
+        held = stage_bytes[op.stage] if op.type is not OpType.SYNC else None
         if op.type is OpType.FORWARD:
-            level += stage_bytes[op.stage]
-            peak = max(peak, level)
-        elif op.type in (OpType.BACKWARD, OpType.BACKWARD_WEIGHT):
-            level -= stage_bytes[op.stage]
+            level += held.forward
+        elif op.type is OpType.BACKWARD_INPUT:
+            level += held.weight - held.forward
+        elif op.type is OpType.BACKWARD:
+            level -= held.forward
+        elif op.type is OpType.BACKWARD_WEIGHT:
+            level -= held.weight
+        peak = max(peak, level)
     return peak
 
 
