@@ -2,8 +2,8 @@
 smallest change that fits (`mpipipe plan`, and the set-up's check in memory_fit.py)."""
 
 from mpipipe.memory_plan.budget import gib_text, parse_memory
-from mpipipe.memory_plan.predict import MemoryPlan, RankMemory, predict_memory
+from mpipipe.memory_plan.predict import MemoryPlan, RankMemory, predict_layout, predict_memory
 from mpipipe.memory_plan.suggest import Change, smallest_fix
 
-__all__ = ["Change", "MemoryPlan", "RankMemory", "gib_text", "parse_memory", "predict_memory",
-           "smallest_fix"]
+__all__ = ["Change", "MemoryPlan", "RankMemory", "gib_text", "parse_memory", "predict_layout",
+           "predict_memory", "smallest_fix"]

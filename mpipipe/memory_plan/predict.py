@@ -126,7 +126,14 @@ def predict_memory(config: Config, world_size: int | None = None) -> MemoryPlan:
         describe=model.kind,
         why_stages=why_stages,
     )
-    costs = _op_costs(parallel.costs)
+    return predict_layout(config, world_size, model, schedule, stage_layers)
+
+
+def predict_layout(config: Config, world_size: int, model: Model, schedule: Schedule,
+                   stage_layers: list[range]) -> MemoryPlan:
+    """The memory plan of a layout already decided (a RunPlan's): `config` with
+    parallel.pipeline resolved, the model, its schedule and partition."""
+    costs = _op_costs(config.parallel.costs)
     simulation = simulate(schedule, costs)
     precision = Precision.of(config.runtime.precision, config.runtime.dtype)
     activation_bytes = _stage_activation_bytes(model, stage_layers, config, precision)
