@@ -28,8 +28,6 @@ import copy
 from dataclasses import dataclass
 from math import ceil, prod
 
-import numpy as np
-
 from mpipipe.checkpoint.verify_metadata import OPTIMIZER_STATES
 from mpipipe.config.schema import Config
 from mpipipe.config.validate import pipeline_degree, validate_config
@@ -116,7 +114,7 @@ def predict_memory(config: Config, world_size: int | None = None) -> MemoryPlan:
     parallel.pipeline = pipeline_degree(parallel.pipeline, parallel.data_parallel, world_size)
     model = build_model(config.model, recompute=config.runtime.recompute)
     schedule, why_stages = choose_schedule(parallel, world_size)
-    itemsize = np.dtype(config.runtime.dtype).itemsize
+    itemsize = Precision.of(config.runtime.precision, config.runtime.dtype).master.itemsize
     stage_layers = partition_layers(
         [cost.forward_flops + cost.backward_flops
          for cost in model.costs(config.data.microbatch_size, itemsize)],
