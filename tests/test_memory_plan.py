@@ -54,7 +54,8 @@ def test_the_command_refuses_a_bad_budget_in_one_line_with_exit_2(arguments, fra
 def test_every_rank_every_column_and_the_verdict(capsys):
     assert main(["plan", BIG, "--memory", "80GiB"]) == 0
     out = capsys.readouterr().out
-    assert "bitpipe on 8 pipeline ranks" in out and "simulated bubble at F=1 B=2 latency=0: 13.5%" in out
+    assert "bitpipe on 8 pipeline ranks" in out
+    assert "simulated bubble at F=1 B=2 latency=0: 13.5%" in out
     assert [line.split()[0] for line in out.splitlines() if line[:4].strip().isdigit()] == \
         [str(rank) for rank in range(8)]
     assert "fits: the most any rank needs is" in out.splitlines()[-1]
