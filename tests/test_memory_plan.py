@@ -143,3 +143,17 @@ def test_the_plan_command_loads_no_mpi():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=REPO)
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "False", done.stderr
+
+
+def test_readme_shows_the_plans_real_output(capsys):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Will it fit?", 1)[1].split("\n## ", 1)[0]
+    command = "$ mpipipe plan examples/gpt_1b_bitpipe.toml --memory 80GiB"
+    shown = section.split(command, 1)[1].split("\n\n", 1)[0].strip("\n")
+    assert main(["plan", BIG, "--memory", "80GiB"]) == 0
+    assert [line[4:] for line in shown.splitlines()] == capsys.readouterr().out.splitlines()
+    assert main(["plan", BIG, "--memory", "40GiB"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert " ".join(last.split()) in " ".join(section.split())
+    assert main(["plan", BIG, "--memory", "16GiB"]) == 2
+    assert capsys.readouterr().err.strip() in section
