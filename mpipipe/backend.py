@@ -54,6 +54,10 @@ class Backend:
     def to_host(self, array) -> np.ndarray:
         return array.get() if self.is_gpu else np.asarray(array)
 
+    def device_bytes_in_use(self) -> int:
+        """Bytes CuPy's memory pool has handed out and not got back (GPU only)."""
+        return int(self.xp.get_default_memory_pool().used_bytes())
+
     def synchronize(self, while_waiting: Callable[[], object] | None = None) -> None:
         """Wait for queued GPU work (before a buffer is handed to MPI or timed).
 

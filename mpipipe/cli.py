@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "eval": "eval",
     "schedule": "schedule",
     "config": "config",
+    "plan": "plan",
     "plot": "plot",
     "ckpt": "ckpt",
     "bench": "bench",
@@ -36,7 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unexpected = parser.parse_known_args(argv)
+    if unexpected:
+        # One line, as for every other bad input; a command may say what was probably meant.
+        explain = getattr(args, "explain_unexpected", None)
+        message = explain(args, unexpected) if explain else ""
+        print(f"mpipipe: error: unrecognized arguments: {' '.join(unexpected)}{message}",
+              file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

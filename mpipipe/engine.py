@@ -38,9 +38,11 @@ from mpi4py import MPI
 from mpipipe.backend import Backend
 from mpipipe.comm import Messenger, PendingCounts, PendingReceive
 from mpipipe.layers.base import MicroBatch
+from mpipipe.layers.memory import live_bytes
 from mpipipe.plan import RunPlan
 from mpipipe.runtime.batch_source import MicroBatchSource
 from mpipipe.runtime.faults import NO_FAULTS, FaultHooks
+from mpipipe.runtime.memory_meter import CacheMeter, peak_rss_bytes
 from mpipipe.runtime.op_costs import OpTimes, cost_slot
 from mpipipe.runtime.params import ParamStore
 from mpipipe.runtime.receive_slots import ChunkKey, ReceiveNeed, assign_slots, due
@@ -157,6 +159,8 @@ class Engine:
         self.upstream_gradient_of_loss = backend.xp.asarray(1.0, dtype=backend.dtype)
         self.param_gathers: dict = {}  # ZeRO-1: bucket index -> its all-gather in flight
         self.program = self._build_program(plan)
+        # Bytes held beside the engine's own through every step: the trainer's optimizer state.
+        self.held_elsewhere_bytes = 0
 
     # ----- set-up -------------------------------------------------------------
 
@@ -347,7 +351,7 @@ class Engine:
             self.upstream_gradient_of_loss = self.backend.xp.asarray(
                 loss_scale, dtype=self.backend.dtype
             )
-        state = StepState(step, self.plan.batcher)
+        state = StepState(step, self.plan.batcher, memory=self._cache_meter())
         self._start_receives(state, -1)
         middle = len(program.ops) // 2
         record = self.watchdog.record
@@ -372,7 +376,7 @@ class Engine:
         program = self.program
         self.finish_param_gathers()
         self.timeline.pause()  # evaluation ops stay out of the trace
-        state = StepState(step, source)
+        state = StepState(step, source, memory=self._cache_meter())
         state.next_receive = len(program.receives)  # the step's persistent receives stay idle
         forwards = [op for op in program.ops if op.type is OpType.FORWARD]
         wanted = deque(planned for planned in program.receives
@@ -388,11 +392,22 @@ class Engine:
             pending = posted.pop(op.position, None)
             x = None if pending is None else self._finish_eval_receive(state, pending)
             self._forward(state, op, x)
-            state.caches.pop(op.chunk)
+            state.take_cache(op.chunk)
             if pending is not None:
                 self.messenger.buffer_pool.give_back(pending.buffer)
         self._finish_step(state)
         return self._gather_stats(state)
+
+    def _cache_meter(self) -> CacheMeter:
+        return CacheMeter(self.backend.device_bytes_in_use if self.backend.is_gpu else None)
+
+    def resident_bytes(self) -> int:
+        """What this rank holds through every step (CPU): its parameter buckets, the receive
+        buffers, and what others hold beside them (`held_elsewhere_bytes`)."""
+        receives = [(planned.pending.buffer, planned.pending.staging)
+                    for planned in self.program.receives]
+        # Every array of a bucket: master, gradient and working copies, and ZeRO-1's buffers.
+        return live_bytes(self.store.buckets, receives) + self.held_elsewhere_bytes
 
     def _finish_eval_receive(self, state: StepState, pending: PendingReceive):
         start = MPI.Wtime()
@@ -416,19 +431,20 @@ class Engine:
 
     def _backward(self, state: StepState, op: BoundOp) -> None:
         dy = self.upstream_gradient_of_loss if op.last_stage else self._incoming(state, op)
-        cache = state.caches.pop(op.chunk)
+        cache = state.take_cache(op.chunk)
         start = self.clock()
         if op.type is OpType.BACKWARD:
             dx = op.compute.backward(dy, cache)
         else:
-            dx, state.weight_caches[op.chunk] = op.compute.backward_input(dy, cache)
+            dx, weight_cache = op.compute.backward_input(dy, cache)
+            state.keep_weight_cache(op.chunk, weight_cache)
         self._computed(state, op, start)
         if not op.first_stage:
             self._outgoing(state, op, dx)
 
     def _backward_weight(self, state: StepState, op: BoundOp) -> None:
         start = self.clock()
-        op.compute.backward_weight(state.weight_caches.pop(op.chunk))
+        op.compute.backward_weight(state.take_weight_cache(op.chunk))
         self._computed(state, op, start)
 
     def _sync(self, state: StepState, op: BoundOp) -> None:
@@ -578,12 +594,24 @@ class Engine:
             wait_s=state.wait_s,
             peak=state.peak,
             stop_asked=self.stop_asked_on_this_rank,
+            **self._measured_memory(state),
         )
         table = np.zeros((self.comm.Get_size(), COLUMNS))
         # Non-blocking, so ranks that finish first wait under the watchdog, not spinning in MPI.
         request = self.comm.Iallgather(row, table)
         self.watchdog.wait(request, WaitInfo("step statistics", "end of step", None, None, 0))
         return StepStats.from_rows(table)
+
+
+    def _measured_memory(self, state: StepState) -> dict[str, int]:
+        meter = state.memory
+        if self.backend.is_gpu:
+            meter.sample_device()
+            memory = meter.device_peak
+        else:
+            memory = self.resident_bytes() + meter.peak
+        return {"memory_bytes": memory, "activation_bytes": meter.peak,
+                "rss_bytes": peak_rss_bytes()}
 
 
 def _first_use_of_buckets(lowered: list[LoweredOp], store: ParamStore) -> dict:

@@ -1,24 +1,23 @@
 """Will the run fit in memory? Asked on every rank before anything is allocated.
 
 `check_fits(plan, backend)` is the one place set-up asks (commands/train.py
-calls it in every rank's set-up, before the parameter store exists). Today
-it makes a coarse estimate: the bytes of the parameters this rank holds,
-their gradients and the optimizer's state, against the memory the machine
-has available for each rank on it. Activations, messages and workspace are
-left out; a full memory planner replaces this estimate here, with the same
-verdict: a one-line UsageError naming the numbers.
+calls it in every rank's set-up, before the parameter store exists). The
+memory planner (mpipipe/memory_plan/) predicts what this rank will hold at
+its peak: parameters, gradients, optimizer state, working copies,
+activation caches and message buffers. The budget is this rank's share of
+the machine: on a CPU the MemAvailable of /proc/meminfo over the ranks on
+the node, on a GPU the device's memory over the ranks that share it. A rank
+over its budget is refused with a one-line UsageError naming the numbers
+and the smallest change the planner predicts fits.
 """
 
 from __future__ import annotations
 
 import os
-from math import prod
 
-import numpy as np
-
-from mpipipe.checkpoint.folder import size_text
-from mpipipe.checkpoint.verify_metadata import OPTIMIZER_STATES
 from mpipipe.errors import UsageError
+from mpipipe.memory_plan import gib_text, predict_layout, smallest_fix
+from mpipipe.memory_plan.predict import MemoryPlan, RankMemory
 from mpipipe.plan import RunPlan
 
 # Launchers' variables for the number of ranks on this node.
@@ -26,38 +25,55 @@ LOCAL_SIZE_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PALS_L
                         "SLURM_NTASKS_PER_NODE")
 
 
-def held_bytes(plan: RunPlan) -> int:
-    """Parameters, gradients and optimizer state of the chunks this rank holds."""
-    chunks = plan.schedule.placement.chunks_on(plan.grid.pipe_rank)
-    layers = {layer for _, stage in chunks for layer in plan.stage_layers[stage]}
-    shapes = plan.model.param_shapes()
-    held = {key for key in shapes if key[0] in layers}
-    # A tied weight (the LM head's embedding) is held wherever a layer using it is.
-    held |= {owner for (layer, _), owner in plan.model.tied_keys().items() if layer in layers}
-    elements = sum(prod(shapes[key]) for key in held)
-    arrays = 2 + len(OPTIMIZER_STATES[plan.config.optim.name])
-    return elements * arrays * np.dtype(plan.config.runtime.dtype).itemsize
+def memory_plan_of(plan: RunPlan) -> MemoryPlan:
+    """The planner's prediction for the layout `plan` decided."""
+    return predict_layout(plan.config, plan.grid.world_size, plan.model, plan.schedule,
+                          plan.stage_layers)
+
+
+def rank_memory(plan: RunPlan) -> RankMemory:
+    """What this rank is predicted to hold at its peak."""
+    return memory_plan_of(plan).ranks[plan.grid.pipe_rank]
 
 
 def check_fits(plan: RunPlan, backend) -> None:
-    """Refuse, with the numbers, a run whose parameter state cannot fit in this rank's memory."""
+    """Refuse, with the numbers, a run whose predicted peak cannot fit in this rank's memory."""
+    budget = rank_budget(backend)
+    if budget is None:
+        return
+    share, where = budget
+    memory = memory_plan_of(plan)
+    needed = memory.ranks[plan.grid.pipe_rank]
+    if needed.total <= share:
+        return
+    fix = smallest_fix(memory, share)
+    change = (f"the smallest change the planner predicts fits: {fix.describe()}" if fix else
+              "use a smaller model (model.vocab_size, model.d_model, model.n_layer) or more "
+              "pipeline ranks")
+    raise UsageError(
+        f"pipeline rank {needed.pipe_rank} would hold {gib_text(needed.total)} at its peak "
+        f"(parameters, gradients and {plan.config.optim.name} state {gib_text(needed.state)}, "
+        f"activations {gib_text(needed.activations)}, messages {gib_text(needed.messages)}), "
+        f"more than its share of {where} ({gib_text(share)}); {change} "
+        "(mpipipe plan CONFIG --memory SIZE shows every rank)"
+    )
+
+
+def rank_budget(backend) -> tuple[int, str] | None:
+    """(bytes this rank may use, what they are a share of), or None where it cannot be told."""
+    ranks = ranks_on_this_node()
     if backend.is_gpu:
-        return  # device memory is the memory planner's to estimate
+        runtime = backend.xp.cuda.runtime
+        devices = max(1, runtime.getDeviceCount())
+        total = int(backend.xp.cuda.Device().mem_info[1])
+        sharing = max(1, -(-ranks // devices))  # ranks on each GPU, rounded up
+        shared = f" for {sharing} rank(s)" if sharing > 1 else ""
+        return total // sharing, f"the GPU's memory: {gib_text(total)}{shared}"
     available = available_bytes()
     if available is None:
-        return
-    ranks = ranks_on_this_node()
-    share = available // ranks
-    needed = held_bytes(plan)
-    if needed > share:
-        optimizer = plan.config.optim.name
-        shared = f": {size_text(available)} for {ranks} rank(s)" if ranks > 1 else ""
-        raise UsageError(
-            f"the parameters, gradients and {optimizer} state this rank holds take "
-            f"{size_text(needed)}, more than its share of this machine's available memory "
-            f"({size_text(share)}{shared}); use a smaller model (model.vocab_size, "
-            "model.d_model, model.n_layer) or more pipeline ranks"
-        )
+        return None
+    shared = f" for {ranks} rank(s)" if ranks > 1 else ""
+    return available // ranks, f"this machine's available memory: {gib_text(available)}{shared}"
 
 
 def available_bytes() -> int | None:

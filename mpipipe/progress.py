@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from mpipipe.memory_plan.budget import gib_text
+
 # Set by launchers; Open MPI gives every rank a pty, so isatty() cannot tell a
 # terminal from a batch job's log file under mpirun.
 LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_STEP_ID")
@@ -26,7 +28,15 @@ def format_row(row: dict) -> str:
         f"step {row['step'] + 1:>6}  loss {row['loss']:.4f}{evaluation}  lr {row['lr']:.2e}  "
         f"grad_norm {row['grad_norm']:.3f}  {row['tokens_per_s']:,.0f} tok/s  "
         f"bubble {row['bubble_mean']:.1%}  {row['step_time_s'] * 1e3:.0f} ms/step"
+        f"{memory_text(row)}"
     )
+
+
+def memory_text(row: dict) -> str:
+    """The most memory any rank held in the step, and which rank (rows of older runs lack it)."""
+    if "memory_peak_bytes" not in row:
+        return ""
+    return f"  mem {gib_text(row['memory_peak_bytes'])} (rank {row['memory_peak_rank']})"
 
 
 class Progress:
@@ -57,7 +67,8 @@ class Progress:
             if self.last_eval is not None:
                 shown["eval_loss"] = self.last_eval
             self.bar.set_postfix(
-                **shown, tok_s=f"{row['tokens_per_s']:,.0f}", bubble=f"{row['bubble_mean']:.1%}"
+                **shown, tok_s=f"{row['tokens_per_s']:,.0f}", bubble=f"{row['bubble_mean']:.1%}",
+                mem=memory_text(row).strip().removeprefix("mem "),
             )
             self.bar.update(1)
         elif row["step"] % self.log_every == 0 or last or "eval_loss" in row:

@@ -38,6 +38,7 @@ from mpipipe.checkpoint.save import (
     use_parallel_hdf5,
 )
 from mpipipe.engine import Engine, EngineOptions
+from mpipipe.layers.memory import live_bytes
 from mpipipe.metrics import MetricsWriter
 from mpipipe.optim import (
     LossScaler,
@@ -86,6 +87,18 @@ def optimizer_groups(store: ParamStore, weight_decay: float) -> list[ParamGroup]
             groups.append(ParamGroup(bucket.master_shard[low:high], bucket.grad_shard[low:high],
                                      decay, key=Span(bucket.index, *part, span.decayed)))
     return groups
+
+
+def memory_fields(stats: StepStats) -> dict:
+    """The step's measured memory per rank, and the most any rank held (and which)."""
+    peak_rank = max(range(len(stats.memory_bytes)), key=stats.memory_bytes.__getitem__)
+    return {
+        "memory_bytes": stats.memory_bytes,
+        "activation_bytes": stats.activation_bytes,
+        "rss_bytes": stats.rss_bytes,
+        "memory_peak_bytes": stats.memory_bytes[peak_rank],
+        "memory_peak_rank": peak_rank,
+    }
 
 
 class Trainer:
@@ -150,6 +163,7 @@ class Trainer:
             faults=self.faults,
             stage_factory=stage_factory,
         )
+        self.engine.held_elsewhere_bytes = live_bytes(self.optimizer.state)
         self.step = 0
         self.started = time.monotonic()
         self.slowest_save_s = 0.0
@@ -289,6 +303,7 @@ class Trainer:
             "wait_s": stats.wait_s,
             "window_s": stats.window_s,
             "peak_activations": stats.peak_activations,
+            **memory_fields(stats),
             "applied": applied,
             **self.schedule_record,
         }

@@ -2,10 +2,11 @@
 
 - The ranks' settings are compared key by key; a disagreement names every
   differing key with the ranks on each side.
-- The coarse memory check counts what a rank will hold; the count is checked
-  against the arrays a parameter store and an optimizer really allocate, for
-  every rank of a BitPipe layout, and a model that cannot fit is refused with
-  its numbers before anything is allocated.
+- The memory check asks the planner what a rank will hold; its parameter
+  state is checked against the arrays a parameter store and an optimizer
+  really allocate, for every rank of a BitPipe layout, and a model that
+  cannot fit is refused with its numbers (and the change that fits) before
+  anything is allocated.
 - The run folder: what counts as a run, what --overwrite removes (and what
   it leaves), what cannot be written, a disk too small for one checkpoint.
 - A MemoryError anywhere ends in one line, not a traceback.
@@ -23,7 +24,7 @@ import pytest
 from mpipipe.backend import select_backend
 from mpipipe.checkpoint.folder import PARTIAL_SUFFIX, checkpoint_name
 from mpipipe.config.load import load_config
-from mpipipe.memory_fit import check_fits, held_bytes
+from mpipipe.memory_fit import check_fits, rank_memory
 from mpipipe.optim import build_optimizer
 from mpipipe.plan import plan_run
 from mpipipe.run_folder import (
@@ -104,17 +105,21 @@ def allocated_bytes(plan) -> int:
 def test_the_estimate_is_what_the_store_and_optimizer_allocate_on_every_rank(overrides):
     for rank in range(4):
         plan = plan_run(load_config(None, [*SMALL, *overrides]), 4, rank)
-        assert held_bytes(plan) == allocated_bytes(plan), rank
+        predicted = rank_memory(plan)
+        assert predicted.parameters + predicted.gradients + predicted.optimizer == \
+            allocated_bytes(plan), rank
 
 
 def test_a_model_that_cannot_fit_is_refused_with_its_numbers_before_any_allocation(monkeypatch):
     plan = plan_run(load_config(None, [*SMALL, "model.vocab_size=1000000000"]), 1, 0)
     message = one_line_error(lambda: check_fits(plan, CPU),
-                             ["this rank holds take 512.0 GB", "available memory", "vocab_size"])
+                             ["would hold", "adamw state 476.84 GiB", "available memory",
+                              "vocab_size", "mpipipe plan"])
     assert "rank(s)" not in message
     small = plan_run(load_config(None, SMALL), 1, 0)
     check_fits(small, CPU)
-    monkeypatch.setattr("mpipipe.memory_fit.available_bytes", lambda: held_bytes(small) * 4)
+    monkeypatch.setattr("mpipipe.memory_fit.available_bytes",
+                        lambda: rank_memory(small).total * 4)
     monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "8")  # eight ranks share the machine
     one_line_error(lambda: check_fits(small, CPU), ["for 8 rank(s)"])
     monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "2")

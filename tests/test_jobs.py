@@ -92,6 +92,29 @@ def test_local_train_script_trains_a_few_steps(tmp_path):
     assert (run_dir / "trace.json").exists()
 
 
+@pytest.mark.parametrize("script", ["local", "slurm", "pbs"])
+def test_a_run_that_cannot_fit_stops_before_any_rank_starts(tmp_path, script, request):
+    """The scripts run `mpipipe plan` with the job's --set options and ranks first."""
+    run_dir = tmp_path / "never"
+    tight = {"MPIPIPE_MEMORY": "100KiB", "MPIPIPE_SKIP_SETUP": "1"}
+    if script == "local":
+        args, env = [JOBS / "local" / "train.sh", "-n", "2", *SHORT_RUN, "--out", run_dir], tight
+    elif script == "slurm":
+        args, env = [SLURM, *SHORT_RUN, "--out", run_dir], {**request.getfixturevalue(
+            "slurm_env"), **tight}
+    else:
+        args, env = [PBS, *SHORT_RUN, "--out", run_dir], {**request.getfixturevalue(
+            "pbs_env"), **tight}
+    result = run_script(args, env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mpipipe: error")]
+    assert len(errors) == 1 and "does not fit: pipeline rank" in errors[0], result.stderr
+    assert "more than the 100.00 KiB budget" in errors[0]
+    assert "on 2 pipeline ranks" in result.stdout  # the plan of the job's ranks, as trained
+    assert "mpipipe: job" not in result.stdout and not run_dir.exists()
+    assert not os.path.exists(tmp_path / "calls.log")  # no srun, no qsub
+
+
 def test_local_train_script_rejects_a_bad_rank_count():
     result = run_script([JOBS / "local" / "train.sh", "-n", "four", "examples/gpt_tiny.toml"],
                         {"MPIPIPE_SKIP_SETUP": "1"})

@@ -10,12 +10,14 @@ from mpipipe.cli import main
 from mpipipe.plots import (
     BREAKDOWN_FIGURE,
     LOSS_FIGURE,
+    MEMORY_FIGURE,
     TIMELINE_FIGURE,
     draw_step_timeline,
     read_run,
 )
 from mpipipe.plots.breakdown import measured_rows, rank_times
 from mpipipe.plots.loss import draw_loss, running_mean
+from mpipipe.plots.memory import GIB, draw_memory
 from mpipipe.plots.timeline import seconds_by_rank, step_intervals, traced_steps
 from mpipipe.schedules import build_schedule
 from mpipipe.schedules.ops import OpType
@@ -94,11 +96,11 @@ def test_breakdown_idle_and_wait_make_up_the_engines_bubble(run_dir):
     assert [row["step"] for row in measured_rows(rows)] == list(range(1, STEPS))
 
 
-def test_plot_command_writes_three_readable_pngs(run_dir, tmp_path, capsys):
+def test_plot_command_writes_four_readable_pngs(run_dir, tmp_path, capsys):
     out = tmp_path / "figures"
     assert main(["plot", str(run_dir), "--out", str(out)]) == 0
     written = sorted(path.name for path in out.iterdir())
-    assert written == sorted([LOSS_FIGURE, TIMELINE_FIGURE, BREAKDOWN_FIGURE])
+    assert written == sorted([LOSS_FIGURE, TIMELINE_FIGURE, BREAKDOWN_FIGURE, MEMORY_FIGURE])
     for name in written:
         image = matplotlib.image.imread(out / name)
         height, width, _ = image.shape
@@ -106,7 +108,25 @@ def test_plot_command_writes_three_readable_pngs(run_dir, tmp_path, capsys):
         pixels = image[..., :3].reshape(-1, 3)
         colourful = pixels.max(axis=1) - pixels.min(axis=1) > 0.15
         assert 0.002 < colourful.mean() < 0.9, (name, colourful.mean())  # drawn, not blank
-    assert capsys.readouterr().out.count("wrote ") == 3
+    assert capsys.readouterr().out.count("wrote ") == 4
+
+
+def test_every_row_has_each_ranks_memory_and_the_figure_draws_it(run_dir):
+    rows = read_run(str(run_dir)).rows
+    for row in rows:
+        assert len(row["memory_bytes"]) == len(row["activation_bytes"]) == RANKS
+        assert row["memory_peak_bytes"] == max(row["memory_bytes"])
+        assert row["memory_bytes"][row["memory_peak_rank"]] == row["memory_peak_bytes"]
+        for rank in range(RANKS):
+            assert 0 < row["activation_bytes"][rank] < row["memory_bytes"][rank]
+            assert row["rss_bytes"][rank] > row["memory_bytes"][rank]  # the arrays are resident
+    lines = draw_memory(rows, "run").axes[0].get_lines()
+    assert len(lines) == 2 * RANKS  # per rank: its peak, and its caches' peak
+    for rank in range(RANKS):
+        assert list(lines[2 * rank].get_ydata()) == [row["memory_bytes"][rank] / GIB
+                                                     for row in rows]
+        assert list(lines[2 * rank + 1].get_ydata()) == [row["activation_bytes"][rank] / GIB
+                                                         for row in rows]
 
 
 def test_eval_loss_is_in_the_metrics_and_drawn_beside_the_training_loss(run_dir):
@@ -123,12 +143,13 @@ def test_eval_loss_is_in_the_metrics_and_drawn_beside_the_training_loss(run_dir)
     assert f"held-out {evaluated[-1][1]:.3f}" in loss_axes.get_title()
 
 
-def test_run_without_trace_gets_loss_and_breakdown_only(run_dir, tmp_path):
+def test_run_without_trace_gets_no_timeline(run_dir, tmp_path):
     copy = tmp_path / "untraced"
     copy.mkdir()
     (copy / "metrics.jsonl").write_text((run_dir / "metrics.jsonl").read_text())
     assert main(["plot", str(copy)]) == 0
-    assert sorted(p.name for p in copy.glob("*.png")) == sorted([LOSS_FIGURE, BREAKDOWN_FIGURE])
+    assert sorted(p.name for p in copy.glob("*.png")) == sorted([LOSS_FIGURE, BREAKDOWN_FIGURE,
+                                                                 MEMORY_FIGURE])
 
 
 def test_a_resumed_runs_rows_replace_the_earlier_ones(tmp_path, run_dir):

@@ -8,6 +8,10 @@
 # before it runs out the ranks save a checkpoint and stop (exit 75); continue with
 # --resume latest. MPIPIPE_SKIP_SETUP=1 skips the set-up check. After a run that
 # finished, the script draws it (mpipipe plot RUN_DIR); MPIPIPE_PLOT=0 skips that.
+# Before mpirun, `mpipipe plan` predicts every rank's memory and the script stops (exit 2)
+# with its message when a rank cannot fit MPIPIPE_MEMORY (e.g. 16GiB; default: the first
+# GPU's memory from nvidia-smi, else this machine's MemAvailable over the ranks; none: no
+# verdict).
 #
 # GPUs: with CuPy installed (pip install 'mpipipe[gpu]') runtime.device = "auto" puts
 # rank i on GPU (i mod GPUs). Messages between GPUs go through host memory unless the
@@ -31,6 +35,33 @@ fi
 python=$repo_root/.venv/bin/python
 if [ ! -x "$python" ]; then
     echo "mpipipe: error: $python is missing; run jobs/local/setup.sh (or unset MPIPIPE_SKIP_SETUP)" >&2
+    exit 2
+fi
+
+config=$1
+plan_sets=()  # the --set options, which mpipipe plan reads as train does
+previous=""
+for argument in "${@:2}"; do
+    case $argument in
+        --set=*) plan_sets+=("$argument") ;;
+        *) if [ "$previous" = --set ]; then plan_sets+=(--set "$argument"); fi ;;
+    esac
+    previous=$argument
+done
+# Before any rank starts: `mpipipe plan` predicts every rank's memory (no MPI) and the job
+# stops here with its one-line verdict when a rank cannot fit, naming the change that does.
+plan_memory=()
+if [ -n "${MPIPIPE_MEMORY:-}" ]; then
+    if [ "$MPIPIPE_MEMORY" != none ]; then plan_memory=(--memory "$MPIPIPE_MEMORY"); fi
+elif command -v nvidia-smi >/dev/null 2>&1; then
+    gpu_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits -i 0 2>/dev/null | head -n 1 | tr -d ' ' || true)
+    if [[ $gpu_mib =~ ^[0-9]+$ ]]; then plan_memory=(--memory "${gpu_mib}MiB"); fi
+else
+    available_kib=$(sed -n 's/^MemAvailable: *\([0-9]*\) kB$/\1/p' /proc/meminfo 2>/dev/null || true)
+    if [[ $available_kib =~ ^[0-9]+$ ]]; then plan_memory=(--memory "$((available_kib / ranks))KiB"); fi
+fi
+if ! "$python" -m mpipipe plan "$config" --ranks "$ranks" "${plan_memory[@]}" "${plan_sets[@]}"; then
+    echo "mpipipe: not starting the run: see the plan's message above" >&2
     exit 2
 fi
 

@@ -12,7 +12,8 @@ def register(subparsers) -> None:
         description="Draw the figures of a training run from the metrics.jsonl and trace.json "
         "in its folder: loss.png (loss and learning rate per step), timeline.png (one traced "
         "step, one row per rank, op boxes with micro-batch numbers) and time_breakdown.png "
-        "(compute, communication and idle time per rank). Needs matplotlib: "
+        "(compute, communication and idle time per rank) and memory.png (each rank's measured "
+        "peak memory and activation caches per step). Needs matplotlib: "
         "pip install 'mpipipe[plot]'.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of `mpipipe train`")

@@ -141,4 +141,5 @@ class Attention(Composite):
             activation_bytes=linears.activation_bytes
             + (3 * microbatch_size * seq_len * self.channels + kept_scores) * itemsize,
             input_bytes=linears.input_bytes,
+            weight_cache_bytes=linears.weight_cache_bytes,
         )

@@ -32,7 +32,9 @@ class LayerCost:
     """Per-micro-batch cost estimates the balanced partitioner uses.
 
     activation_bytes: what forward's cache holds until the backward;
-    input_bytes: the input forward reads, which is all a recomputed layer keeps.
+    input_bytes: the input forward reads, which is all a recomputed layer keeps;
+    weight_cache_bytes: what backward_input's weight cache holds until the W half (the
+    memory planner's count of a chunk between its I and its W).
     """
 
     forward_flops: float
@@ -40,6 +42,7 @@ class LayerCost:
     param_bytes: int
     activation_bytes: int
     input_bytes: int
+    weight_cache_bytes: int = 0
 
 
 class Layer:

@@ -30,6 +30,7 @@ def add_costs(costs: list[LayerCost]) -> LayerCost:
         param_bytes=sum(cost.param_bytes for cost in costs),
         activation_bytes=sum(cost.activation_bytes for cost in costs),
         input_bytes=costs[0].input_bytes,
+        weight_cache_bytes=sum(cost.weight_cache_bytes for cost in costs),
     )
 
 

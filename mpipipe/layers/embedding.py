@@ -68,6 +68,8 @@ class Embedding(Layer):
             param_bytes=(self.vocab_size + self.seq_len) * self.channels * itemsize,
             activation_bytes=microbatch_size * seq_len * TOKEN_ID_BYTES,
             input_bytes=microbatch_size * seq_len * TOKEN_ID_BYTES,
+            weight_cache_bytes=microbatch_size * seq_len * TOKEN_ID_BYTES
+            + int(elements) * itemsize,  # the tokens and dy
         )
 
 

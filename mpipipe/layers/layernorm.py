@@ -45,4 +45,5 @@ class LayerNorm(Layer):
             param_bytes=2 * self.channels * itemsize,
             activation_bytes=(rows * self.channels + 2 * rows) * itemsize,
             input_bytes=rows * self.channels * itemsize,
+            weight_cache_bytes=(2 * rows * self.channels + 2 * rows) * itemsize,  # dy, x, stats
         )

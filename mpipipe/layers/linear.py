@@ -69,4 +69,5 @@ class Linear(Layer):
             param_bytes=params * itemsize,
             activation_bytes=rows * self.in_features * itemsize,
             input_bytes=rows * self.in_features * itemsize,
+            weight_cache_bytes=rows * (self.in_features + self.out_features) * itemsize,  # x, dy
         )

@@ -77,4 +77,5 @@ class LMHead(Layer):
             param_bytes=self.channels * self.vocab_size * itemsize,
             activation_bytes=rows * self.channels * itemsize,
             input_bytes=rows * self.channels * itemsize,
+            weight_cache_bytes=rows * (self.channels + self.vocab_size) * itemsize,  # x, dy
         )

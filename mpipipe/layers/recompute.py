@@ -77,6 +77,7 @@ class Recomputed(Layer):
             param_bytes=inner.param_bytes,
             activation_bytes=inner.input_bytes,
             input_bytes=inner.input_bytes,
+            weight_cache_bytes=inner.weight_cache_bytes,  # the recomputed cache's I half
         )
 
 

@@ -1,6 +1,6 @@
 """Figures of a training run, from the metrics.jsonl and trace.json in its folder.
 
-    paths = plot_run("runs/x")   # runs/x/loss.png, timeline.png, time_breakdown.png
+    paths = plot_run("runs/x")   # runs/x/loss.png, timeline.png, time_breakdown.png, memory.png
 
 Matplotlib is an optional extra (`pip install 'mpipipe[plot]'`), imported
 only when a figure is drawn.
@@ -13,6 +13,7 @@ import os
 from mpipipe.errors import UsageError
 from mpipipe.plots.breakdown import draw_breakdown
 from mpipipe.plots.loss import draw_loss
+from mpipipe.plots.memory import draw_memory
 from mpipipe.plots.records import RunRecord, read_run
 from mpipipe.plots.style import load_pyplot, save
 from mpipipe.plots.timeline import draw_timeline, step_intervals, traced_steps
@@ -20,13 +21,16 @@ from mpipipe.plots.timeline import draw_timeline, step_intervals, traced_steps
 LOSS_FIGURE = "loss.png"
 TIMELINE_FIGURE = "timeline.png"
 BREAKDOWN_FIGURE = "time_breakdown.png"
+MEMORY_FIGURE = "memory.png"
 
 __all__ = [
     "BREAKDOWN_FIGURE",
     "LOSS_FIGURE",
+    "MEMORY_FIGURE",
     "TIMELINE_FIGURE",
     "draw_breakdown",
     "draw_loss",
+    "draw_memory",
     "draw_step_timeline",
     "plot_run",
     "read_run",
@@ -50,7 +54,8 @@ def plot_run(run_dir: str, out_dir: str | None = None, step: int | None = None) 
         raise UsageError(f"--out: cannot create folder {out_dir!r} ({error.strerror})") from None
     timeline = draw_step_timeline(record, step) if record.trace_events else None
     figures = {LOSS_FIGURE: draw_loss(record.rows, record.name), TIMELINE_FIGURE: timeline,
-               BREAKDOWN_FIGURE: draw_breakdown(record.rows, record.name)}
+               BREAKDOWN_FIGURE: draw_breakdown(record.rows, record.name),
+               MEMORY_FIGURE: draw_memory(record.rows, record.name)}
     paths = []
     for name, figure in figures.items():
         if figure is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mpipipe.layers.base import MicroBatch
+from mpipipe.runtime.memory_meter import CacheMeter
 from mpipipe.runtime.receive_slots import ChunkKey
 from mpipipe.schedules.lowering import Transfer
 
@@ -30,10 +31,25 @@ class StepState:
     first_start: float | None = None  # of the first op computed
     last_end: float | None = None  # of the last op computed
     peak: int = 0  # most caches (forward and I half) held at once
+    memory: CacheMeter = field(default_factory=CacheMeter)  # their bytes
 
     def keep_cache(self, key: ChunkKey, cache) -> None:
         self.caches[key] = cache
+        self.memory.keep(("forward", key), cache)
         self.peak = max(self.peak, len(self.caches) + len(self.weight_caches))
+
+    def take_cache(self, key: ChunkKey):
+        self.memory.drop(("forward", key))
+        return self.caches.pop(key)
+
+    def keep_weight_cache(self, key: ChunkKey, cache) -> None:
+        self.weight_caches[key] = cache
+        self.memory.keep(("weight", key), cache)
+        self.peak = max(self.peak, len(self.caches) + len(self.weight_caches))
+
+    def take_weight_cache(self, key: ChunkKey):
+        self.memory.drop(("weight", key))
+        return self.weight_caches.pop(key)
 
     def computed(self, start: float, end: float) -> None:
         """An op computed from `start` to `end`."""

@@ -2,7 +2,7 @@
 
 After its last op every rank contributes one row (its loss share, squared
 gradient norm of the buckets it owns, whether any gradient it holds is not
-finite, timings, peak, whether it was asked to stop); a single allgather of
+finite, timings, peak, measured memory, whether it was asked to stop); a single allgather of
 the rows gives every rank the same `StepStats`. The overflow flag is how
 fp16's loss scaling learns, on every rank alike, that some rank's
 gradients overflowed.
@@ -11,19 +11,19 @@ gradients overflowed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-_LOSS, _SQUARED_NORM, _FIRST_START, _LAST_END, _COMPUTE, _WAIT, _PEAK, _STOP, _OVERFLOW = (
-    range(9)
-)
-COLUMNS = 9
+(_LOSS, _SQUARED_NORM, _FIRST_START, _LAST_END, _COMPUTE, _WAIT, _PEAK, _STOP, _OVERFLOW,
+ _MEMORY, _ACTIVATION_BYTES, _RSS) = range(12)
+COLUMNS = 12
 
 
 def stats_row(
     *, loss: float, squared_norm: float, first_start: float, last_end: float, compute_s: float,
-    wait_s: float, peak: int, stop_asked: bool, overflow: bool = False,
+    wait_s: float, peak: int, stop_asked: bool, overflow: bool = False, memory_bytes: int = 0,
+    activation_bytes: int = 0, rss_bytes: int = 0,
 ) -> np.ndarray:
     """One rank's contribution to the step's statistics."""
     row = np.zeros(COLUMNS)
@@ -36,6 +36,9 @@ def stats_row(
     row[_WAIT] = wait_s
     row[_PEAK] = peak
     row[_STOP] = float(stop_asked)
+    row[_MEMORY] = memory_bytes
+    row[_ACTIVATION_BYTES] = activation_bytes
+    row[_RSS] = rss_bytes
     return row
 
 
@@ -51,6 +54,12 @@ class StepStats:
     peak_activations: list[int]  # per rank: most micro-batch caches held at once
     stop_asked_on_some_rank: bool = False  # some rank was asked to stop during the step
     overflow: bool = False  # some rank holds a gradient that is not finite
+    # Per rank, measured (runtime/memory_meter.py): the peak of what the rank holds (CPU:
+    # parameters, gradients, optimizer state, caches and receive buffers; GPU: CuPy's pool),
+    # the peak bytes of its activation caches, and the process's peak resident set.
+    memory_bytes: list[int] = field(default_factory=list)
+    activation_bytes: list[int] = field(default_factory=list)
+    rss_bytes: list[int] = field(default_factory=list)
 
     @classmethod
     def from_rows(cls, table: np.ndarray) -> StepStats:
@@ -67,6 +76,9 @@ class StepStats:
             peak_activations=[int(value) for value in table[:, _PEAK]],
             stop_asked_on_some_rank=bool(table[:, _STOP].any()),
             overflow=bool(table[:, _OVERFLOW].any()),
+            memory_bytes=[int(value) for value in table[:, _MEMORY]],
+            activation_bytes=[int(value) for value in table[:, _ACTIVATION_BYTES]],
+            rss_bytes=[int(value) for value in table[:, _RSS]],
         )
 
     @property
