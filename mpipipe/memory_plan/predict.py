@@ -174,9 +174,11 @@ def _state_bytes(model: Model, stage_layers: list[range], schedule: Schedule, ra
         holders = config.parallel.data_parallel * len(
             {pipe_rank for stage in stages for pipe_rank in schedule.placement.holders(stage)}
         )
-        shard = ceil(size / holders) if sharded else size
+        sharded_here = sharded and holders > 1
+        shard = ceil(size / holders) if sharded_here else size
         totals["parameters"] += (shard if precision.low else size) * master
-        totals["gradients"] += size * master
+        # ZeRO-1 keeps the shard's reduce-scattered sum beside the whole gradient.
+        totals["gradients"] += (size + (shard if sharded_here else 0)) * master
         totals["optimizer"] += states * shard * master
         totals["working"] += size * compute if precision.low else 0
     return totals

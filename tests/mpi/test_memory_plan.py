@@ -55,3 +55,23 @@ def test_predicted_peak_is_within_15_percent_of_the_measured(schedule, pipeline,
             assert abs(ratio(expected.total, measured) - 1) <= TOLERANCE, (rank, expected)
             assert abs(ratio(expected.activations, cached) - 1) <= TOLERANCE, (rank, expected)
     comm.Free()
+
+
+@pytest.mark.mpi(min_size=4)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("schedule", ["1f1b", "bitpipe"])
+def test_zero_1_predicted_peak_is_within_15_percent_of_the_measured(schedule, precision):
+    """2 x 2 with the optimizer state (and fp16's masters) sharded: every world rank."""
+    comm = first_ranks(MPI.COMM_WORLD, 4)
+    if comm is None:
+        return
+    config = tiny_config("gpt", schedule, 2, 2, runtime__dtype="float32", parallel__zero=1,
+                         runtime__precision=precision, **MODELS["d16-t8"])
+    predicted = predict_memory(config, 4)
+    _, rows, _ = pipelined_run(config, comm, STEPS, backend=FLOAT32)
+    if comm.Get_rank() == 0:
+        for world_rank, measured in enumerate(rows[-1]["memory_bytes"]):
+            expected = predicted.ranks[world_rank % 2]  # replica-major: replica * D + pipe rank
+            assert abs(ratio(expected.total, measured) - 1) <= TOLERANCE, (world_rank, expected,
+                                                                          measured)
+    comm.Free()
