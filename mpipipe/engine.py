@@ -151,8 +151,8 @@ class Engine:
         self.messenger = Messenger(
             comm, backend, self.options.cuda_aware, watchdog, self.options.message_dtype
         )
-        self.boundary_shapes = _boundary_shapes(
-            plan.model, plan.stage_layers, plan.config.data.microbatch_size
+        self.boundary_shapes = plan.model.boundary_shapes(
+            plan.stage_layers, plan.config.data.microbatch_size
         )
         self.stages = self._build_stages(plan, stage_factory)
         self.upstream_scale = 1.0  # the loss gradient the backward starts from, as a number
@@ -628,14 +628,3 @@ def _first_use_of_buckets(lowered: list[LoweredOp], store: ParamStore) -> dict:
 def _summed_gradient(bucket):
     """The part of the bucket's gradient this rank holds summed over its holders."""
     return bucket.grad if bucket.shard is None else bucket.grad_shard
-
-
-def _boundary_shapes(model, stage_layers: list[range], microbatch_size: int) -> list[tuple]:
-    """Shape of the array leaving each stage, from the layers' output_shape."""
-    shape: tuple = (microbatch_size, model.seq_len)
-    shapes = []
-    for layer_range in stage_layers:
-        for index in layer_range:
-            shape = tuple(model.layers[index].output_shape(shape))
-        shapes.append(shape)
-    return shapes

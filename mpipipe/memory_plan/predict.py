@@ -135,7 +135,7 @@ def predict_layout(config: Config, world_size: int, model: Model, schedule: Sche
     simulation = simulate(schedule, costs)
     precision = Precision.of(config.runtime.precision, config.runtime.dtype)
     activation_bytes = _stage_activation_bytes(model, stage_layers, config, precision)
-    boundary_shapes = _boundary_shapes(model, stage_layers, config.data.microbatch_size)
+    boundary_shapes = model.boundary_shapes(stage_layers, config.data.microbatch_size)
     ranks = [
         RankMemory(
             pipe_rank=rank,
@@ -219,17 +219,6 @@ def _peak_activation_bytes(schedule: Schedule, rank: int, stage_bytes: list[Chun
             level -= held.weight
         peak = max(peak, level)
     return peak
-
-
-def _boundary_shapes(model: Model, stage_layers: list[range], microbatch_size: int) -> list:
-    """Shape of the array leaving each stage (what the engine sizes its receives by)."""
-    shape: tuple = (microbatch_size, model.seq_len)
-    shapes = []
-    for layers in stage_layers:
-        for index in layers:
-            shape = tuple(model.layers[index].output_shape(shape))
-        shapes.append(shape)
-    return shapes
 
 
 def _message_bytes(schedule: Schedule, rank: int, boundary_shapes: list, config: Config,

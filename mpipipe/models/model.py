@@ -73,6 +73,16 @@ class Model:
     def costs(self, microbatch_size: int, itemsize: int) -> list[LayerCost]:
         return [layer.cost(microbatch_size, self.seq_len, itemsize) for layer in self.layers]
 
+    def boundary_shapes(self, stage_layers: list[range], microbatch_size: int) -> list[tuple]:
+        """Shape of the array leaving each stage (what the engine sizes its receives by)."""
+        shape: tuple = (microbatch_size, self.seq_len)
+        shapes = []
+        for layers in stage_layers:
+            for index in layers:
+                shape = tuple(self.layers[index].output_shape(shape))
+            shapes.append(shape)
+        return shapes
+
 
 def build_model(
     config: ModelConfig, data_vocab: int | None = None, recompute: str = "none"

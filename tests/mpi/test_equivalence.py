@@ -15,9 +15,8 @@ from mpipipe.runtime.mpi_helpers import first_ranks
 from mpipipe.schedules import SCHEDULE_KINDS
 
 from tiny_runs import (
+    assert_equals_one_process,
     pipelined_run,
-    reference_run,
-    relative_difference,
     tiny_config,
 )
 
@@ -50,18 +49,7 @@ def test_pipeline_equals_single_process(schedule, kind, pipeline, data_parallel)
     everywhere = comm.allgather(losses)
     assert all(rank_losses == losses for rank_losses in everywhere), "loss differs between ranks"
     if comm.Get_rank() == 0:
-        expected_losses, expected_norms, expected_params = reference_run(plan, STEPS)
-        for step in range(STEPS):
-            assert relative_difference(losses[step], expected_losses[step]) < TOLERANCE, step
-            assert relative_difference(rows[step]["grad_norm"], expected_norms[step]) < TOLERANCE
-        seen = set()
-        for rank_params in gathered:
-            for key, value in rank_params.items():
-                seen.add(key)
-                assert relative_difference(value, expected_params[key]) < TOLERANCE, key
-                first_copy = next(params[key] for params in gathered if key in params)
-                assert np.array_equal(value, first_copy), f"copies of {key} differ"
-        assert seen == set(expected_params), "some parameters are held by no rank"
+        assert_equals_one_process(plan, rows, gathered, STEPS, TOLERANCE)
     comm.Free()
 
 

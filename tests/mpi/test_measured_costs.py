@@ -30,8 +30,7 @@ from mpipipe.trainer import Trainer
 
 from tiny_runs import (
     FLOAT64,
-    reference_run,
-    relative_difference,
+    assert_equals_one_process,
     tiny_config,
     wait_for_every_rank,
 )
@@ -140,13 +139,7 @@ def test_measured_costs_replan_to_a_faster_order_that_still_equals_one_process()
     gathered = comm.gather(trainer.store.host_params(), root=0)
     trainer.finish()
     if comm.Get_rank() == 0:
-        losses, norms, params = reference_run(trainer.plan, STEPS)
-        for step, row in enumerate(rows):
-            assert relative_difference(row["loss"], losses[step]) < TOLERANCE, step
-            assert relative_difference(row["grad_norm"], norms[step]) < TOLERANCE, step
-        for rank_params in gathered:
-            for key, value in rank_params.items():
-                assert relative_difference(value, params[key]) < TOLERANCE, key
+        assert_equals_one_process(trainer.plan, rows, gathered, STEPS, TOLERANCE)
     comm.Free()
 
 

@@ -133,3 +133,23 @@ def relative_difference(actual, expected) -> float:
     actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
     scale = max(float(np.linalg.norm(expected)), 1e-300)
     return float(np.linalg.norm(actual - expected)) / scale
+
+
+def assert_equals_one_process(plan, rows: list[dict], gathered: list[dict], steps: int,
+                              tolerance: float) -> list[float]:
+    """Rank 0: each step's loss and grad norm, and every rank's copy of every parameter,
+    against the single-process run of `plan` (copies bitwise alike, none missing);
+    returns the reference's grad norms."""
+    expected_losses, expected_norms, expected_params = reference_run(plan, steps)
+    for step in range(steps):
+        assert relative_difference(rows[step]["loss"], expected_losses[step]) < tolerance, step
+        assert relative_difference(rows[step]["grad_norm"], expected_norms[step]) < tolerance
+    seen = set()
+    for rank_params in gathered:
+        for key, value in rank_params.items():
+            seen.add(key)
+            assert relative_difference(value, expected_params[key]) < tolerance, key
+            first_copy = next(params[key] for params in gathered if key in params)
+            assert np.array_equal(value, first_copy), f"copies of {key} differ"
+    assert seen == set(expected_params), "some parameters are held by no rank"
+    return expected_norms
