@@ -22,13 +22,17 @@ def register(subparsers) -> None:
     show.set_defaults(func=show_config)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """The CONFIG path and repeatable --set overrides, shared by commands that read a config."""
+def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True,
+                         config_help: str = "TOML config file") -> None:
+    """The CONFIG path and repeatable --set overrides (args.config, args.overrides), shared by
+    every command that reads a config."""
     parser.add_argument("config", nargs=None if required else "?", metavar="CONFIG",
-                        help="TOML config file" + ("" if required else " (default: all defaults)"))
+                        help=config_help + ("" if required else " (default: all defaults)"))
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE",
-                        help="override one key, e.g. --set parallel.schedule=bitpipe (repeatable)")
+                        help="override one key, e.g. --set parallel.schedule=bitpipe (repeatable); "
+                        "a schedule file here, --set parallel.schedule=mine.csv, is relative to "
+                        "the current folder (in the config file, to the file's folder)")
 
 
 def show_config(args: argparse.Namespace) -> int:

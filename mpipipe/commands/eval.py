@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 
+from mpipipe.commands.config import add_config_arguments
 from mpipipe.errors import EXIT_USAGE, UsageError
 
 
@@ -22,11 +23,8 @@ def register(subparsers) -> None:
         "(data.eval_fraction): forward passes through the pipeline over train.eval_batches "
         "global batches, at any layout.",
     )
-    parser.add_argument("config", help="TOML config file (the one the checkpoint was trained with)")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override a config key, e.g. --set parallel.schedule=bitpipe (repeatable)",
-    )
+    add_config_arguments(
+        parser, config_help="TOML config file (the one the checkpoint was trained with)")
     parser.add_argument("--resume", required=True, metavar="PATH",
                         help="the checkpoint: a step_*.h5 file or a folder of them (its newest)")
     parser.set_defaults(func=run)
@@ -37,7 +35,7 @@ def run(args) -> int:
     from mpipipe.config.load import load_config
 
     try:
-        config = load_config(args.config, args.set)
+        config = load_config(args.config, args.overrides)
         backend = select_backend(config.runtime.device, config.runtime.dtype)
     except UsageError as error:
         return _fail_on_every_rank(error)

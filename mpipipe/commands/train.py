@@ -15,6 +15,7 @@ import signal
 import sys
 
 from mpipipe import __version__
+from mpipipe.commands.config import add_config_arguments
 from mpipipe.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USAGE, UsageError
 
 # Launchers' variables for this process's world rank, read before MPI starts.
@@ -37,16 +38,7 @@ def register(subparsers) -> None:
         "ranks must equal parallel.pipeline x parallel.data_parallel; parallel.pipeline = 0 "
         "(the default) uses every rank not taken by data parallelism.",
     )
-    parser.add_argument("config", help="TOML config file (see examples/)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config key, e.g. --set parallel.schedule=bitpipe (repeatable); a "
-        "schedule file here, --set parallel.schedule=mine.csv, is relative to the current "
-        "folder (in the config file, to the file's folder)",
-    )
+    add_config_arguments(parser, config_help="TOML config file (see examples/)")
     parser.add_argument(
         "--out", default=None, help="run folder for metrics.jsonl, trace.json and checkpoints "
         "(default: runs/<config file name>)"
@@ -87,7 +79,7 @@ def run(args) -> int:
     config = backend = None
     try:
         check_out_option(args.out)
-        config = load_config(args.config, args.set)
+        config = load_config(args.config, args.overrides)
         backend = select_backend(config.runtime.device, config.runtime.dtype)
         problem = None
     except UsageError as error:
