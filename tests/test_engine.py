@@ -4,10 +4,10 @@ and its count of pending MPI requests."""
 import numpy as np
 import pytest
 from mpi4py import MPI
+from tiny_config import tiny_config
 
 from mpipipe.backend import select_backend
 from mpipipe.comm import Messenger
-from mpipipe.config.schema import Config
 from mpipipe.engine import Engine
 from mpipipe.errors import UsageError
 from mpipipe.plan import plan_run
@@ -24,18 +24,7 @@ FLOAT64 = select_backend("cpu", "float64")
 
 
 def tiny_plan(schedule: str = "1f1b", tag_limit: int | None = None):
-    config = Config()
-    config.model.vocab_size = 64
-    config.model.seq_len = 8
-    config.model.n_layer = 2
-    config.model.n_head = 2
-    config.model.d_model = 16
-    config.data.source = "random"
-    config.data.microbatch_size = 2
-    config.parallel.schedule = schedule
-    config.parallel.microbatches = 3
-    config.runtime.dtype = "float64"
-    config.runtime.trace = False
+    config = tiny_config(parallel__schedule=schedule, parallel__microbatches=3)
     return plan_run(config, 1, 0, tag_limit=tag_limit)
 
 

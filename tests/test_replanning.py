@@ -4,6 +4,7 @@ the order chosen for those costs, and when a resumed run measures again."""
 import numpy as np
 import pytest
 from mpi4py import MPI
+from tiny_config import tiny_config
 
 from mpipipe.backend import select_backend
 from mpipipe.checkpoint.plan_record import PlanRecord
@@ -19,21 +20,9 @@ from mpipipe.trainer import Trainer
 FLOAT64 = select_backend("cpu", "float64")
 
 
-def tiny_config(schedule: str, costs: str = "measured", microbatches: int = 3) -> Config:
-    config = Config()
-    config.model.vocab_size = 64
-    config.model.seq_len = 8
-    config.model.n_layer = 8
-    config.model.n_head = 2
-    config.model.d_model = 16
-    config.data.source = "random"
-    config.data.microbatch_size = 2
-    config.parallel.schedule = schedule
-    config.parallel.microbatches = microbatches
-    config.parallel.costs = costs
-    config.runtime.dtype = "float64"
-    config.runtime.trace = False
-    return config
+def replanning_config(schedule: str, costs: str = "measured", microbatches: int = 3) -> Config:
+    return tiny_config(model__n_layer=8, parallel__schedule=schedule,
+                       parallel__microbatches=microbatches, parallel__costs=costs)
 
 
 class TickingStage(LayerStage):
@@ -57,7 +46,7 @@ class TickingStage(LayerStage):
 
 
 def test_the_engine_times_every_op_by_stage_and_kind_with_its_op_clock():
-    run_plan = plan_run(tiny_config("zb-h1"), 1, 0)
+    run_plan = plan_run(replanning_config("zb-h1"), 1, 0)
     clock = [0.0]
     trainer = Trainer(
         run_plan, comm=MPI.COMM_WORLD, backend=FLOAT64, verbose=False,
@@ -153,7 +142,7 @@ def record(step: int, measured: bool, costs: str = "", source: str = "zb-h1") ->
 def test_a_resume_without_measured_costs_measures_until_plan_after_or_that_many_more(
     saved_step, replan_at
 ):
-    run_plan = plan_run(tiny_config("zb-h1"), 1, 0)
+    run_plan = plan_run(replanning_config("zb-h1"), 1, 0)
     replanning = Replanning(run_plan)
     same, note = replanning.resume(record(saved_step, measured=False), run_plan)
     assert same is run_plan and note == ""
@@ -161,7 +150,7 @@ def test_a_resume_without_measured_costs_measures_until_plan_after_or_that_many_
 
 
 def test_a_resume_chooses_the_order_again_from_the_saved_measured_costs():
-    run_plan = plan_run(tiny_config("zb-h1"), 1, 0)
+    run_plan = plan_run(replanning_config("zb-h1"), 1, 0)
     costs = OpCosts(per_stage=((1.0, 2.0, 0.25),))
     replanning = Replanning(run_plan)
     resumed, note = replanning.resume(record(5, True, costs.to_text()), run_plan)
@@ -176,22 +165,22 @@ def test_a_resume_chooses_the_order_again_from_the_saved_measured_costs():
 
 
 def test_kinds_whose_order_does_not_depend_on_the_costs_say_so_once_and_never_measure():
-    replanning = Replanning(plan_run(tiny_config("1f1b"), 1, 0))
+    replanning = Replanning(plan_run(replanning_config("1f1b"), 1, 0))
     assert not replanning.measuring
     assert len(replanning.notes) == 1 and "not measured or re-planned" in replanning.notes[0]
-    bitpipe = Replanning(plan_run(tiny_config("bitpipe", microbatches=2), 2, 0))
+    bitpipe = Replanning(plan_run(replanning_config("bitpipe", microbatches=2), 2, 0))
     assert not bitpipe.measuring and "bitpipe's order at D=2, N=2" in bitpipe.notes[0]
-    assert Replanning(plan_run(tiny_config("bitpipe", microbatches=4), 2, 0)).measuring
-    assert Replanning(plan_run(tiny_config("zb-h1", costs="unit"), 1, 0)).notes == []
+    assert Replanning(plan_run(replanning_config("bitpipe", microbatches=4), 2, 0)).measuring
+    assert Replanning(plan_run(replanning_config("zb-h1", costs="unit"), 1, 0)).notes == []
 
 
 def test_cost_ratios_plan_the_order_before_the_first_step():
-    ratios = plan_run(tiny_config("zb-v", costs="1,2,0.5", microbatches=8), 4, 0)
+    ratios = plan_run(replanning_config("zb-v", costs="1,2,0.5", microbatches=8), 4, 0)
     assert ratios.schedule.digest() == plan("zb-v", 4, 8, OpCosts.parse("1,2,0.5")).digest()
     assert ratios.schedule.digest() != build_schedule("zb-v", 4, 8).digest()
-    unit = plan_run(tiny_config("zb-v", costs="unit", microbatches=8), 4, 0)
+    unit = plan_run(replanning_config("zb-v", costs="unit", microbatches=8), 4, 0)
     assert unit.schedule.digest() == build_schedule("zb-v", 4, 8).digest()
     assert Replanning(ratios).notes == [] and not Replanning(ratios).measuring
-    closed_form = plan_run(tiny_config("chimera", costs="1,2,0.5", microbatches=4), 4, 0)
+    closed_form = plan_run(replanning_config("chimera", costs="1,2,0.5", microbatches=4), 4, 0)
     assert closed_form.schedule.digest() == build_schedule("chimera", 4, 4).digest()
     assert "not planned" in Replanning(closed_form).notes[0]
