@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 
 from mpipipe.errors import UsageError
+from mpipipe.runtime.ctrl_c import CTRL_C
 
 ENVIRONMENT_VARIABLE = "MPIPIPE_FAULT"
 # Named points outside the step: set-up, and the phases of a checkpoint save.
@@ -161,7 +162,8 @@ def _fill_file_system(path: str) -> None:
 
 
 def _sleep_forever() -> None:
-    # In short naps: a signal that another thread (one of MPI's) received is only
-    # handled once the main thread runs Python again, as Ctrl-C must be.
+    # In short naps, each ending where a Ctrl-C that arrived before the pause (and was
+    # swallowed inside h5py's clean-up) is raised again, as the trainer would after the step.
     while True:
         time.sleep(0.1)
+        CTRL_C.raise_if_pressed()
