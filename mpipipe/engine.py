@@ -326,9 +326,7 @@ class Engine:
     def _free(self, program: StepProgram) -> None:
         for planned in program.receives:
             self.messenger.free_receive(planned.pending)
-        # In the order they were made (the global bucket order), as on every other rank.
-        syncs = [sync for launched in program.sync.launches.values() for sync in launched]
-        for sync in sorted(syncs, key=lambda sync: sync.bucket.index):
+        for sync in program.sync.in_bucket_order():  # as they were made, as on every rank
             sync.comm.Free()
         program.receives.clear()
         program.sync.launches.clear()
@@ -528,7 +526,7 @@ class Engine:
         """ZeRO-1, after the optimizer updated this rank's shards (and refresh_working cast
         them): start all-gathering every sharded bucket's weights (non-blocking). The next
         step waits for each just before its first op that uses the bucket."""
-        for sync in self._bucket_syncs():
+        for sync in self.program.sync.in_bucket_order():
             if sync.bucket.shard is not None:
                 self.param_gathers[sync.bucket.index] = self.messenger.start_all_gather(
                     sync.comm, sync.bucket.gathered, "after update"
@@ -554,13 +552,7 @@ class Engine:
 
     def bucket_comms(self) -> dict[int, object]:
         """The communicator of every bucket with several holders, by bucket index."""
-        return {sync.bucket.index: sync.comm for sync in self._bucket_syncs()}
-
-    def _bucket_syncs(self) -> list[BucketSync]:
-        """Every bucket sum of the program, in the global bucket order (as on every rank)."""
-        launched = self.program.sync.launches.values()
-        return sorted((sync for syncs in launched for sync in syncs),
-                      key=lambda sync: sync.bucket.index)
+        return {sync.bucket.index: sync.comm for sync in self.program.sync.in_bucket_order()}
 
     def _finish_step(self, state: StepState) -> None:
         start = MPI.Wtime()

@@ -56,6 +56,12 @@ class SyncPlan:
         """The sums the SYNC op at `position` starts (None: those started after the last op)."""
         return self.launches.get(position, [])
 
+    def in_bucket_order(self) -> list[BucketSync]:
+        """Every bucket sum, in the global bucket order (the order of their communicators'
+        creation, the same on every rank)."""
+        syncs = [sync for launched in self.launches.values() for sync in launched]
+        return sorted(syncs, key=lambda sync: sync.bucket.index)
+
 
 def _create_communicators(comm, buckets: list[Bucket]) -> dict[int, object]:
     """One communicator per bucket with more than one holder, made by its members only."""
