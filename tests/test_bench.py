@@ -28,7 +28,8 @@ from mpipipe.schedules.simulate import OpCosts, simulate
 from mpirun import REPO, mpipipe_args, run_ranks
 
 RESULT_KEYS = {"schedule", "ranks", "microbatches", "step_s", "window_s", "simulated_s",
-               "overhead", "bubble", "simulated_bubble", "latency_s"}
+               "overhead", "bubble", "simulated_bubble", "latency_s", "bare_window_s",
+               "engine_per_op_s"}
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,8 @@ def test_quick_emulated_writes_one_result_per_case(quick_emulated):
         planned = plan(row["schedule"], 4, 4, costs)
         expected = simulate(planned, replace(costs, latency=row["latency_s"])).makespan
         assert row["simulated_s"] == pytest.approx(expected, rel=1e-12)
+        # The bare MPI loop ran the same order: it cannot beat its makespan without latency.
+        assert row["bare_window_s"] >= simulate(planned, costs).makespan * (1 - 1e-6)
         if search_cache.available():  # below the simulated makespan only by the latency
             assert row["search_s"] <= row["simulated_s"] + 1e-12
     pairs = {(ratio["flagship"], ratio["rival"]) for ratio in data["flagship_ratios"]}
@@ -265,6 +268,14 @@ def test_cost_per_op_is_the_gap_to_the_simulator_over_the_busiest_ranks_ops():
     result.busiest_ops = 16
     assert result.per_op_overhead_s == pytest.approx(0.004 / 16)
     assert result.to_json()["per_op_overhead_s"] == pytest.approx(0.004 / 16)
+
+
+def test_engine_cost_per_op_is_its_window_over_the_bare_loops_by_the_busiest_ranks_ops():
+    result = _result("1f1b", step_s=0.034, simulated_s=0.030)
+    assert result.engine_per_op_s is None  # no bare loop measured
+    result.busiest_ops, result.window_s, result.bare_window_s = 16, 0.033, 0.0322
+    assert result.engine_per_op_s == pytest.approx(0.0008 / 16)
+    assert result.to_json()["engine_per_op_s"] == pytest.approx(0.0008 / 16)
 
 
 def test_markdown_table_has_a_row_per_entry_and_equal_columns():

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from mpipipe.bench.bare_pipeline import BarePipeline
 from mpipipe.bench.cost_profiles import EMULATED_PROFILES
 from mpipipe.bench.emulated_device import emulated_accelerator
 from mpipipe.bench.emulated_model import (
@@ -132,6 +133,8 @@ class EmulatedResult:
     busiest_ops: int = 0  # F, B, I and W ops of the rank that runs the most of them
     profile: str = EMULATED_PROFILES[0]  # F,B,W of the op costs and of the planned order
     search_s: float | None = None  # the search's best for the placement, no latency
+    # Median window of the same schedule run by the smallest MPI loop (bare_pipeline.py)
+    bare_window_s: float | None = None
 
     @property
     def overhead(self) -> float:
@@ -143,6 +146,14 @@ class EmulatedResult:
         return (self.step_s - self.simulated_s) / max(1, self.busiest_ops)
 
     @property
+    def engine_per_op_s(self) -> float | None:
+        """(window - the bare loop's window) / the ops of the busiest rank: what the engine
+        adds per op over the smallest MPI loop running the same schedule."""
+        if self.bare_window_s is None:
+            return None
+        return (self.window_s - self.bare_window_s) / max(1, self.busiest_ops)
+
+    @property
     def window_overhead(self) -> float:
         return self.window_s / self.simulated_s - 1.0
 
@@ -152,6 +163,7 @@ class EmulatedResult:
             "overhead": self.overhead,
             "window_overhead": self.window_overhead,
             "per_op_overhead_s": self.per_op_overhead_s,
+            "engine_per_op_s": self.engine_per_op_s,
         }
 
 
@@ -198,6 +210,9 @@ def run_case(
     rows = [trainer.train_step() for _ in range(settings.warmup_steps + settings.steps)]
     trainer.finish()
     timed = rows[settings.warmup_steps :]
+    bare_window_s = BarePipeline(comm, plan, costs, device).window_seconds(
+        settings.warmup_steps, settings.steps
+    )
     simulation = simulate(
         plan.schedule, replace(stage_costs(f0_s, ranks, ranks, profile), latency=latency_s),
         scale_by_stage_size=True,
@@ -228,6 +243,7 @@ def run_case(
             sum(op.type is not OpType.SYNC for op in rank_ops) for rank_ops in plan.schedule.ops
         ),
         profile=profile,
+        bare_window_s=bare_window_s,
     )
 
 
@@ -268,6 +284,9 @@ def progress_line(result: EmulatedResult) -> str:
         f"F,B,W={result.profile} f0={result.f0_s * 1e3:g} ms {message_text(result.message_bytes)}: "
         f"step {result.step_s * 1e3:.1f} ms, simulated {result.simulated_s * 1e3:.1f} ms, "
         f"overhead {100 * result.overhead:+.1f}% ({result.per_op_overhead_s * 1e6:+.0f} us per op)"
+        + ("" if result.bare_window_s is None else
+           f"; window {result.window_s * 1e3:.1f} ms, bare MPI loop "
+           f"{result.bare_window_s * 1e3:.1f} ms ({result.engine_per_op_s * 1e6:+.0f} us per op)")
     )
 
 

@@ -70,7 +70,11 @@ def emulated_markdown(
         f"Step: median of {settings.steps} trainer steps after {settings.warmup_steps} warm-up "
         "(forward-backward, syncs, optimizer, statistics); window: first op start to last op "
         "end over ranks. Overhead = step / simulated − 1; per op = (step − simulated) / the "
-        "F, B, I and W ops of the busiest rank, the runtime's cost per op. Bubble: mean over "
+        "F, B, I and W ops of the busiest rank, the runtime's cost per op. Bare loop: the window "
+        "of the same schedule run by the smallest MPI loop (`mpipipe/bench/bare_pipeline.py`: "
+        "the same emulated device, receives and sends, nothing else), measured in the same "
+        "run; engine per op = (window − bare loop) / the busiest rank's ops, what the engine "
+        "adds over MPI itself. Bubble: mean over "
         "ranks of idle / window (measured) and idle / makespan (simulated). Search: the best "
         "makespan `mpipipe schedule search` finds for the schedule's placement (with the "
         "backward split where the schedule splits it; gpipe on 1F1B's; none for dualpipev) at "
@@ -80,15 +84,18 @@ def emulated_markdown(
         "",
     ]
     headers = ["D", "N", "schedule", "S", "F,B,W", "message", "F op (ms)", "step (ms)",
-               "window (ms)", "simulated (ms)", "search (ms)", "overhead", "per op (µs)",
-               "bubble", "simulated bubble"]
+               "window (ms)", "bare loop (ms)", "simulated (ms)", "search (ms)", "overhead",
+               "per op (µs)", "engine per op (µs)", "bubble", "simulated bubble"]
     order = {profile: place for place, profile in enumerate(settings.profiles)}
     rows = [
         [str(r.ranks), str(r.microbatches), r.schedule, str(r.stages), r.profile,
          message_text(r.message_bytes), milliseconds(r.f0_s * r.ranks / r.stages),
-         milliseconds(r.step_s), milliseconds(r.window_s), milliseconds(r.simulated_s),
+         milliseconds(r.step_s), milliseconds(r.window_s),
+         "–" if r.bare_window_s is None else milliseconds(r.bare_window_s),
+         milliseconds(r.simulated_s),
          "–" if r.search_s is None else milliseconds(r.search_s),
          percent(r.overhead), f"{r.per_op_overhead_s * 1e6:+.0f}",
+         "–" if r.engine_per_op_s is None else f"{r.engine_per_op_s * 1e6:+.0f}",
          fraction(r.bubble), fraction(r.simulated_bubble)]
         for r in sorted(results, key=lambda r: (-r.message_bytes, order.get(r.profile, 0),
                                                 r.f0_s, r.ranks, r.microbatches))
@@ -126,11 +133,15 @@ def per_op_summary(results: list[EmulatedResult]) -> str:
         if not short:
             continue
         worst = max(short, key=lambda r: r.per_op_overhead_s)
+        engine = [r.engine_per_op_s for r in short if r.engine_per_op_s is not None]
         parts.append(
             f"{message_text(size)}: median "
             f"{statistics.median(r.per_op_overhead_s for r in short) * 1e6:.0f} µs, worst "
             f"{worst.per_op_overhead_s * 1e6:.0f} µs ({worst.schedule}, D={worst.ranks}, "
             f"N={worst.microbatches}, f0={worst.f0_s * 1e3:g} ms)"
+            + (f", of which the engine over the bare MPI loop median "
+               f"{statistics.median(engine) * 1e6:.0f} µs, at most {max(engine) * 1e6:.0f} µs"
+               if engine else "")
         )
     if not parts:
         return ""
