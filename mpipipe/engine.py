@@ -114,6 +114,8 @@ class StepProgram:
     ops: list[BoundOp]
     receives: list[PlannedReceive]  # in the order the ops need them
     sync: SyncPlan
+    # Bytes of the parameter buckets and receive buffers: fixed from set-up on, so counted once
+    resident_bytes: int = 0
 
 
 class Engine:
@@ -245,7 +247,13 @@ class Engine:
                 wait_label=f"wait {receive.direction}" if receive is not None else "",
                 gathers_due=first_use.get(position, ()),
             ))
-        return StepProgram(schedule, lowered, ops, receives, sync)
+        # Every array of a bucket (master, gradient and working copies, ZeRO-1's buffers) and
+        # every receive buffer; their shapes never change, so neither does the count.
+        resident = live_bytes(
+            self.store.buckets,
+            [(planned.pending.buffer, planned.pending.staging) for planned in receives],
+        )
+        return StepProgram(schedule, lowered, ops, receives, sync, resident)
 
     def _plan_receives(self, lowered: list[LoweredOp], labels: list[str]) -> list[PlannedReceive]:
         """Every message this rank receives in a step, in the order its ops need them, each
@@ -402,10 +410,7 @@ class Engine:
     def resident_bytes(self) -> int:
         """What this rank holds through every step (CPU): its parameter buckets, the receive
         buffers, and what others hold beside them (`held_elsewhere_bytes`)."""
-        receives = [(planned.pending.buffer, planned.pending.staging)
-                    for planned in self.program.receives]
-        # Every array of a bucket: master, gradient and working copies, and ZeRO-1's buffers.
-        return live_bytes(self.store.buckets, receives) + self.held_elsewhere_bytes
+        return self.program.resident_bytes + self.held_elsewhere_bytes
 
     def _finish_eval_receive(self, state: StepState, pending: PendingReceive):
         start = MPI.Wtime()
