@@ -192,7 +192,11 @@ def run_case(
 ) -> EmulatedResult:
     """Train the emulated model on every rank of `comm` with messages of `message_bytes` (by
     default the real model's) and op costs of `profile`; the result is the same on every
-    rank."""
+    rank.
+
+    `latency_s`: the one-way message time measured just before; it is measured again after
+    the case and the simulator gets the faster of the two (on a shared machine a copy
+    between two processes slows down for seconds at a time)."""
     ranks = comm.Get_size()
     message_bytes = message_bytes or settings.message_bytes
     config = bench_config(kind, ranks, microbatches, settings, profile)
@@ -213,6 +217,7 @@ def run_case(
     bare_window_s = BarePipeline(comm, plan, costs, device).window_seconds(
         settings.warmup_steps, settings.steps
     )
+    latency_s = min(latency_s, one_way_seconds(comm, message_bytes))
     simulation = simulate(
         plan.schedule, replace(stage_costs(f0_s, ranks, ranks, profile), latency=latency_s),
         scale_by_stage_size=True,
@@ -260,11 +265,12 @@ def run_emulated(comm, settings: EmulatedSettings, report=print) -> list[Emulate
     for ranks in settings.ranks:
         sub = first_ranks(comm, ranks)
         if sub is not None:
-            latencies = {size: one_way_seconds(sub, size) for size in settings.message_sizes()}
             for microbatches, kind, f0_s, size, profile in settings.cases(ranks):
+                # The message time is measured around each case, not once: on a shared
+                # machine a copy between two processes drifts by several times over minutes.
                 result = run_case(
-                    sub, kind, microbatches, f0_s, latencies[size], settings, message_bytes=size,
-                    profile=profile,
+                    sub, kind, microbatches, f0_s, one_way_seconds(sub, size), settings,
+                    message_bytes=size, profile=profile,
                 )
                 if comm.Get_rank() == 0:
                     results.append(result)

@@ -38,10 +38,12 @@ def emulated_markdown(
     search_note: str = "",
 ) -> str:
     sizes = " and ".join(message_text(size) for size in settings.message_sizes())
-    latencies = sorted({(r.ranks, r.message_bytes, r.latency_s) for r in results})
+    latencies: dict[tuple[int, int], list[float]] = {}
+    for r in results:
+        latencies.setdefault((r.ranks, r.message_bytes), []).append(r.latency_s)
     latency_text = ", ".join(
-        f"{latency * 1e3:.3f} ms for {message_text(size)} at D={ranks}"
-        for ranks, size, latency in latencies
+        f"{min(values) * 1e3:.3f}–{max(values) * 1e3:.3f} ms for {message_text(size)} at "
+        f"D={ranks}" for (ranks, size), values in sorted(latencies.items())
     )
     small = ", ".join(f"{f0:g}" for f0 in settings.small_message_f0_ms)
     first, *others = settings.profiles
@@ -66,7 +68,8 @@ def emulated_markdown(
         "and each trains its order planned for the profile (parallel.costs = the profile). "
         "The model's parameters are one number per layer, so gradient syncs and the "
         "optimizer cost next to nothing. The simulator gets the same costs and the measured "
-        f"one-way message time (the fastest of 20 round trips, halved: {latency_text}). "
+        "one-way message time, the faster of two measured just before and after each case "
+        f"(each the fastest of 20 round trips, halved: {latency_text}). "
         f"Step: median of {settings.steps} trainer steps after {settings.warmup_steps} warm-up "
         "(forward-backward, syncs, optimizer, statistics); window: first op start to last op "
         "end over ranks. Overhead = step / simulated − 1; per op = (step − simulated) / the "
