@@ -115,7 +115,7 @@ class StepProgram:
     receives: list[PlannedReceive]  # in the order the ops need them
     sync: SyncPlan
     # Bytes of the parameter buckets and receive buffers: fixed from set-up on, so counted once
-    resident_bytes: int = 0
+    resident_bytes: int
 
 
 class Engine:

@@ -66,12 +66,13 @@ class StepStats:
         """Combine every rank's `stats_row` (one row per rank)."""
         # One conversion to Python lists: a dozen small NumPy reductions cost more than the
         # arithmetic, and this runs at the end of every step on the rank that finishes last.
+        # The two sums stay NumPy's, whose order of addition the loss and the clipping's
+        # norm have always had.
         columns = table.T.tolist()
-        squared_norms = columns[_SQUARED_NORM]
         return cls(
-            loss=math.fsum(columns[_LOSS]),
-            grad_norm=math.sqrt(max(0.0, math.fsum(squared_norms)))
-            if all(math.isfinite(value) for value in squared_norms)
+            loss=float(table[:, _LOSS].sum()),
+            grad_norm=math.sqrt(max(0.0, float(table[:, _SQUARED_NORM].sum())))
+            if all(math.isfinite(value) for value in columns[_SQUARED_NORM])
             else math.nan,
             window_s=max(columns[_LAST_END]) - min(columns[_FIRST_START]),
             compute_s=columns[_COMPUTE],
