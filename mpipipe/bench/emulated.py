@@ -187,18 +187,20 @@ def bench_config(
 
 
 def run_case(
-    comm, kind: str, microbatches: int, f0_s: float, latency_s: float, settings: EmulatedSettings,
+    comm, kind: str, microbatches: int, f0_s: float, settings: EmulatedSettings,
     message_bytes: int | None = None, profile: str = EMULATED_PROFILES[0],
 ) -> EmulatedResult:
     """Train the emulated model on every rank of `comm` with messages of `message_bytes` (by
     default the real model's) and op costs of `profile`; the result is the same on every
     rank.
 
-    `latency_s`: the one-way message time measured just before; it is measured again after
-    the case and the simulator gets the faster of the two (on a shared machine a copy
-    between two processes slows down for seconds at a time)."""
+    The one-way message time is measured just before the case and again just after, and the
+    simulator gets the faster of the two: on a shared machine a copy between two processes
+    slows down by several times for seconds at a time, so one measurement for a whole run
+    can fall in a slow stretch."""
     ranks = comm.Get_size()
     message_bytes = message_bytes or settings.message_bytes
+    latency_before_s = one_way_seconds(comm, message_bytes)
     config = bench_config(kind, ranks, microbatches, settings, profile)
     model = emulated_model(
         settings.channels(message_bytes), settings.seq_len, body_layers=2 * ranks
@@ -217,7 +219,7 @@ def run_case(
     bare_window_s = BarePipeline(comm, plan, costs, device).window_seconds(
         settings.warmup_steps, settings.steps
     )
-    latency_s = min(latency_s, one_way_seconds(comm, message_bytes))
+    latency_s = min(latency_before_s, one_way_seconds(comm, message_bytes))
     simulation = simulate(
         plan.schedule, replace(stage_costs(f0_s, ranks, ranks, profile), latency=latency_s),
         scale_by_stage_size=True,
@@ -266,11 +268,8 @@ def run_emulated(comm, settings: EmulatedSettings, report=print) -> list[Emulate
         sub = first_ranks(comm, ranks)
         if sub is not None:
             for microbatches, kind, f0_s, size, profile in settings.cases(ranks):
-                # The message time is measured around each case, not once: on a shared
-                # machine a copy between two processes drifts by several times over minutes.
                 result = run_case(
-                    sub, kind, microbatches, f0_s, one_way_seconds(sub, size), settings,
-                    message_bytes=size, profile=profile,
+                    sub, kind, microbatches, f0_s, settings, message_bytes=size, profile=profile
                 )
                 if comm.Get_rank() == 0:
                     results.append(result)
